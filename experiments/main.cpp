@@ -1,0 +1,144 @@
+// lossytp: the command-line entry point. Verbs: train (grid, summarize, plot to come).
+// Every rank parses the same arguments; an error anywhere before training stops every rank
+// cleanly with one message (from the lowest rank that found it) and exit status 2.
+#include <mpi.h>
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "experiments/dataset.h"
+#include "experiments/train_config.h"
+#include "experiments/trainer.h"
+
+using namespace lossytp;
+
+namespace {
+
+int world_rank() { int r = 0; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
+int world_size() { int s = 1; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
+
+// Collective: true when every rank succeeded; otherwise the lowest failing rank prints its
+// message and every rank returns false.
+bool all_ok(const std::string& error) {
+  const int me = world_rank();
+  int first_bad = error.empty() ? world_size() : me;
+  MPI_Allreduce(MPI_IN_PLACE, &first_bad, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (first_bad == world_size()) return true;
+  if (me == first_bad) {
+    std::fprintf(stderr, "lossytp: error: %s\n", error.c_str());
+    std::fflush(stderr);
+  }
+  return false;
+}
+
+std::string default_out_dir(const TrainConfig& c) {
+  char stamp[32] = {0};
+  if (world_rank() == 0) {
+    std::time_t t = std::time(nullptr);
+    std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&t));
+  }
+  MPI_Bcast(stamp, sizeof stamp, MPI_CHAR, 0, MPI_COMM_WORLD);
+  return "runs/" + c.model_preset + "-tp" + std::to_string(c.tp) + "-dp" + std::to_string(c.dp) +
+         "-" + stamp;
+}
+
+int cmd_train(TrainOptions& opts) {
+  TrainConfig cfg;
+  TokenCorpus corpus;
+  std::string error;
+  try {
+    cfg = finish_train_config(opts, world_size());
+    corpus = load_corpus(cfg.data);
+    reconcile_data(cfg, corpus);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (!all_ok(error)) return 2;
+  if (cfg.out.empty()) cfg.out = default_out_dir(cfg);
+  if (world_rank() == 0) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::path metrics = fs::path(cfg.out) / "metrics.h5";
+    if (fs::exists(metrics, ec) && !cfg.overwrite)
+      error = "'" + metrics.string() + "' already exists; choose another --out or pass --overwrite";
+    else if (fs::exists(cfg.out, ec) && !fs::is_directory(cfg.out, ec))
+      error = "--out '" + cfg.out + "' exists and is not a directory";
+    else {
+      fs::create_directories(cfg.out, ec);
+      if (ec) error = "cannot create --out '" + cfg.out + "': " + ec.message();
+    }
+  }
+  if (!all_ok(error)) return 2;
+
+  try {
+    TrainResult r = train(cfg, corpus, MPI_COMM_WORLD);
+    return r.status == "completed" ? 0 : 3;
+  } catch (const std::exception& e) {
+    // A failure inside training may leave other ranks inside a collective: stop them all.
+    std::fprintf(stderr, "lossytp: rank %d: training failed: %s\n", world_rank(), e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  const bool root = world_rank() == 0;
+  int rc = 0;
+  {
+    CLI::App app{"lossytp: tensor-parallel transformer training over lossy networks"};
+    app.set_version_flag("--version", std::string("lossytp ") + LOSSYTP_VERSION);
+    app.require_subcommand(1);
+    CLI::App* train_cmd = app.add_subcommand("train", "train one model (launch with mpirun -np tp*dp)");
+    TrainOptions train_opts;
+    add_train_options(*train_cmd, train_opts);
+
+    std::vector<std::string> args(argv + 1, argv + argc);
+    std::string error;
+    bool parsed = false;
+    try {
+      if (!args.empty() && args[0] == "train")
+        args = [&] {
+          std::vector<std::string> rest(args.begin() + 1, args.end());
+          rest = expand_config_file(rest, *train_cmd);
+          rest.insert(rest.begin(), "train");
+          return rest;
+        }();
+      std::vector<std::string> rev(args.rbegin(), args.rend());  // CLI11 parses a reversed vector
+      app.parse(rev);
+      parsed = true;
+    } catch (const CLI::CallForHelp& e) {
+      if (root) app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+      if (root) app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+      if (root) app.exit(e);
+    } catch (const CLI::ParseError& e) {
+      error = e.what();
+      if (error.empty()) error = "bad command line";
+      rc = 2;
+    } catch (const std::exception& e) {
+      error = e.what();
+      rc = 2;
+    }
+    if (!parsed && rc == 0) {
+      // help or version: done
+    } else if (!all_ok(error)) {
+      if (root) std::fprintf(stderr, "run 'lossytp --help' or 'lossytp train --help' for the options\n");
+      rc = 2;
+    } else if (train_cmd->parsed()) {
+      rc = cmd_train(train_opts);
+    }
+  }
+  MPI_Finalize();
+  return rc;
+}

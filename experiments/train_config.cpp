@@ -1,0 +1,230 @@
+#include "experiments/train_config.h"
+
+#include <CLI/CLI.hpp>
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace lossytp {
+
+nlohmann::json TrainConfig::to_json() const {
+  nlohmann::json j;
+  j["model"] = model_preset;
+  j["vocab-size"] = model.vocab_size;
+  j["seq-length"] = model.seq_length;
+  j["num-layers"] = model.num_layers;
+  j["hidden-size"] = model.hidden_size;
+  j["num-attention-heads"] = model.num_attention_heads;
+  j["ffn-hidden-size"] = model.ffn();
+  j["init-method-std"] = model.init_std;
+  j["tensor-model-parallel-size"] = tp;
+  j["data-parallel-size"] = dp;
+  j["micro-batch-size"] = micro_batch_size;
+  j["global-batch-size"] = global_batch_size;
+  j["lr"] = lr;
+  j["min-lr"] = min_lr;
+  j["lr-warmup-iters"] = lr_warmup_iters;
+  j["train-iters"] = train_iters;
+  j["eval-interval"] = eval_interval;
+  j["eval-iters"] = eval_iters;
+  j["log-interval"] = log_interval;
+  j["clip-grad"] = clip_grad;
+  j["weight-decay"] = adam.weight_decay;
+  j["adam-beta1"] = adam.beta1;
+  j["adam-beta2"] = adam.beta2;
+  j["adam-eps"] = adam.eps;
+  j["seed"] = seed;
+  j["data"] = data.path.empty() ? "synthetic" : data.path;
+  j["eval-data"] = data.eval_path;
+  j["data-format"] = data.format;
+  j["eval-fraction"] = data.eval_fraction;
+  j["data-seed"] = data.seed;
+  j["out"] = out;
+  j["threads"] = threads;
+  return j;
+}
+
+void add_train_options(CLI::App& app, TrainOptions& o) {
+  TrainConfig& c = o.cfg;
+  o.app = &app;
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.add_option("--config", o.config_file,
+                 "TOML file whose keys are these flags' names (flags given here override it)");
+  app.add_option("--model", c.model_preset, "model preset: gpt-tiny or gpt2-124m")
+      ->capture_default_str();
+  // model shape: default from the preset, so no default shown here
+  app.add_option("--vocab-size", c.model.vocab_size, "vocabulary size (default: preset's; byte text: 256)");
+  app.add_option("--seq-length", c.model.seq_length, "tokens per sequence");
+  app.add_option("--num-layers", c.model.num_layers, "transformer blocks");
+  app.add_option("--hidden-size", c.model.hidden_size, "model width");
+  app.add_option("--num-attention-heads", c.model.num_attention_heads, "attention heads");
+  app.add_option("--ffn-hidden-size", c.model.ffn_hidden_size, "MLP width (default 4 x hidden)");
+  app.add_option("--init-method-std", c.model.init_std, "std of the normal init (default 0.02)");
+  app.add_option("--tensor-model-parallel-size,--tp", c.tp, "tensor-parallel ranks per model")
+      ->capture_default_str();
+  app.add_option("--data-parallel-size,--dp", c.dp,
+                 "model replicas (default: world size / tp)");
+  app.add_option("--micro-batch-size", c.micro_batch_size,
+                 "sequences per micro-batch per rank (default: preset's)");
+  app.add_option("--global-batch-size", c.global_batch_size,
+                 "sequences per iteration over all replicas (default: micro x dp); "
+                 "a multiple of micro x dp, the rest is gradient accumulation");
+  app.add_option("--lr", c.lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr", c.min_lr, "learning rate at the end of the cosine decay")
+      ->capture_default_str();
+  app.add_option("--lr-warmup-iters", c.lr_warmup_iters, "linear warmup iterations")
+      ->capture_default_str();
+  app.add_option("--train-iters", c.train_iters, "training iterations")->capture_default_str();
+  app.add_option("--eval-interval", c.eval_interval, "iterations between evaluations (0: only at the end)")
+      ->capture_default_str();
+  app.add_option("--eval-iters", c.eval_iters, "global batches of held-out data per evaluation")
+      ->capture_default_str();
+  app.add_option("--log-interval", c.log_interval, "iterations between progress lines and metrics.h5 flushes")
+      ->capture_default_str();
+  app.add_option("--clip-grad", c.clip_grad, "global gradient-norm clip (0: off)")->capture_default_str();
+  app.add_option("--weight-decay", c.adam.weight_decay, "AdamW weight decay (matrices only)")
+      ->capture_default_str();
+  app.add_option("--adam-beta1", c.adam.beta1, "AdamW beta1")->capture_default_str();
+  app.add_option("--adam-beta2", c.adam.beta2, "AdamW beta2")->capture_default_str();
+  app.add_option("--adam-eps", c.adam.eps, "AdamW epsilon")->capture_default_str();
+  app.add_option("--seed", c.seed, "seed of the initialisation and the batch sampling")
+      ->capture_default_str();
+  app.add_option("--data,--data-path", c.data.path,
+                 "training data: .txt (bytes), nanoGPT .bin (uint16) or llm.c .bin; "
+                 "default: the built-in synthetic Markov corpus");
+  app.add_option("--eval-data", c.data.eval_path, "held-out data file (default: tail of --data)");
+  app.add_option("--data-format", c.data.format, "auto, text, uint16 or llmc")->capture_default_str();
+  app.add_option("--eval-fraction", c.data.eval_fraction,
+                 "fraction of --data held out for eval when --eval-data is not given")
+      ->capture_default_str();
+  app.add_option("--data-seed", c.data.seed, "seed of the synthetic corpus")->capture_default_str();
+  app.add_option("--out", c.out, "run folder for metrics.h5 (default: runs/<model>-tp<T>-dp<D>-<time>)");
+  app.add_option("--threads", c.threads, "compute threads per rank (default: cores / ranks on the node)");
+  app.add_flag("--quiet", c.quiet, "no progress lines");
+  app.add_flag("--overwrite", c.overwrite, "replace an existing metrics.h5 in --out");
+}
+
+static std::string toml_value_to_arg(const toml::node& n, const std::string& file,
+                                     const std::string& key) {
+  if (auto v = n.as_string()) return v->get();
+  if (auto v = n.as_integer()) return std::to_string(v->get());
+  if (auto v = n.as_floating_point()) {
+    std::ostringstream os;
+    os.precision(17);
+    os << v->get();
+    return os.str();
+  }
+  if (auto v = n.as_boolean()) return v->get() ? "true" : "false";
+  throw std::invalid_argument(file + ": key '" + key + "' must be a string, number or boolean");
+}
+
+std::vector<std::string> expand_config_file(const std::vector<std::string>& args,
+                                            const CLI::App& app) {
+  std::string file;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) file = args[i + 1];
+    if (args[i].rfind("--config=", 0) == 0) file = args[i].substr(9);
+  }
+  if (file.empty()) return args;
+  std::ifstream probe(file);
+  if (!probe) throw std::invalid_argument("--config: cannot read '" + file + "'");
+  toml::table tbl;
+  try {
+    tbl = toml::parse_file(file);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << file << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
+       << e.description();
+    throw std::invalid_argument(os.str());
+  }
+  std::vector<std::string> out;
+  for (const auto& [k, v] : tbl) {
+    std::string key(k.str());
+    std::string flag = "--" + key;
+    for (char& ch : flag) if (ch == '_') ch = '-';
+    if (flag == "--config" || !app.get_option_no_throw(flag))
+      throw std::invalid_argument(file + ": unknown key '" + key + "' (keys are the flags of 'lossytp train --help' without the dashes)");
+    if (auto b = v.as_boolean()) {  // flags take no value
+      const CLI::Option* opt = app.get_option_no_throw(flag);
+      if (opt->get_expected_min() == 0) { if (b->get()) out.push_back(flag); continue; }
+    }
+    out.push_back(flag);
+    out.push_back(toml_value_to_arg(v, file, key));
+  }
+  out.insert(out.end(), args.begin(), args.end());
+  return out;
+}
+
+TrainConfig finish_train_config(TrainOptions& o, int world) {
+  CLI::App& app = *o.app;
+  TrainConfig c = o.cfg;
+  auto given = [&](const char* flag) { return app.count(flag) > 0; };
+  auto bad = [](const std::string& m) { throw std::invalid_argument(m); };
+
+  const Preset& p = find_preset(c.model_preset);
+  ModelConfig m = p.model;
+  if (given("--vocab-size")) m.vocab_size = c.model.vocab_size;
+  if (given("--seq-length")) m.seq_length = c.model.seq_length;
+  if (given("--num-layers")) m.num_layers = c.model.num_layers;
+  if (given("--hidden-size")) m.hidden_size = c.model.hidden_size;
+  if (given("--num-attention-heads")) m.num_attention_heads = c.model.num_attention_heads;
+  if (given("--ffn-hidden-size")) m.ffn_hidden_size = c.model.ffn_hidden_size;
+  if (given("--init-method-std")) m.init_std = c.model.init_std;
+  c.model = m;
+  c.vocab_size_given = given("--vocab-size");
+  if (!given("--micro-batch-size")) c.micro_batch_size = p.micro_batch_size;
+
+  if (c.tp < 1) bad("--tensor-model-parallel-size must be >= 1, got " + std::to_string(c.tp));
+  if (c.dp < 0) bad("--data-parallel-size must be >= 1, got " + std::to_string(c.dp));
+  if (world % c.tp != 0)
+    bad("world size " + std::to_string(world) + " (mpirun -np) is not divisible by --tensor-model-parallel-size " +
+        std::to_string(c.tp));
+  if (c.dp == 0) c.dp = world / c.tp;
+  if (c.tp * c.dp != world)
+    bad("--tensor-model-parallel-size " + std::to_string(c.tp) + " x --data-parallel-size " +
+        std::to_string(c.dp) + " = " + std::to_string(c.tp * c.dp) + " ranks, but the world has " +
+        std::to_string(world) + " (mpirun -np)");
+  c.model.validate(c.tp);
+  if (c.micro_batch_size < 1) bad("--micro-batch-size must be >= 1");
+  if (c.global_batch_size == 0) c.global_batch_size = c.micro_batch_size * c.dp;
+  if (c.global_batch_size < 0 || c.global_batch_size % (c.micro_batch_size * c.dp) != 0)
+    bad("--global-batch-size " + std::to_string(c.global_batch_size) +
+        " is not a multiple of --micro-batch-size x data-parallel size = " +
+        std::to_string(c.micro_batch_size * c.dp));
+  if (!(c.lr > 0)) bad("--lr must be > 0");
+  if (c.min_lr < 0 || c.min_lr > c.lr) bad("--min-lr must be in [0, --lr]");
+  if (c.lr_warmup_iters < 0) bad("--lr-warmup-iters must be >= 0");
+  if (c.train_iters < 1) bad("--train-iters must be >= 1");
+  if (c.eval_interval < 0) bad("--eval-interval must be >= 0");
+  if (c.eval_iters < 0) bad("--eval-iters must be >= 0");
+  if (c.log_interval < 1) bad("--log-interval must be >= 1");
+  if (c.clip_grad < 0) bad("--clip-grad must be >= 0");
+  if (c.adam.weight_decay < 0) bad("--weight-decay must be >= 0");
+  if (!(c.adam.beta1 >= 0 && c.adam.beta1 < 1)) bad("--adam-beta1 must be in [0, 1)");
+  if (!(c.adam.beta2 >= 0 && c.adam.beta2 < 1)) bad("--adam-beta2 must be in [0, 1)");
+  if (!(c.adam.eps > 0)) bad("--adam-eps must be > 0");
+  if (c.threads < 0) bad("--threads must be >= 0");
+  if (!(c.data.eval_fraction > 0 && c.data.eval_fraction < 1))
+    bad("--eval-fraction must be in (0, 1)");
+  const std::string& f = c.data.format;
+  if (f != "auto" && f != "text" && f != "uint16" && f != "llmc")
+    bad("--data-format must be auto, text, uint16 or llmc, got '" + f + "'");
+  c.data.vocab_size = c.model.vocab_size;
+  return c;
+}
+
+void reconcile_data(TrainConfig& c, const TokenCorpus& corpus) {
+  if (corpus.format == "text" && !c.vocab_size_given) {
+    c.model.vocab_size = 256;
+  }
+  if (corpus.vocab_size > c.model.vocab_size)
+    throw std::invalid_argument("data '" + corpus.source + "' has tokens up to " +
+                                std::to_string(corpus.vocab_size - 1) + " but --vocab-size is " +
+                                std::to_string(c.model.vocab_size));
+  c.model.validate(c.tp);
+  check_sequences(corpus, c.model.seq_length);
+}
+
+}  // namespace lossytp

@@ -1,0 +1,221 @@
+#include "experiments/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+
+#include "experiments/lr_schedule.h"
+#include "experiments/metrics_file.h"
+#include "kernels/cpu/ops.h"
+#include "models/adamw.h"
+#include "models/gpt.h"
+#include "sim/layout.h"
+
+namespace lossytp {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string format_duration(double s) {
+  char buf[32];
+  long t = static_cast<long>(s + 0.5);
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lds", t);
+  return buf;
+}
+
+// The micro-batches of one global batch that this DP rank trains on: samples
+// [dp_rank * per_rank, (dp_rank + 1) * per_rank) of the global batch, in order.
+struct Batcher {
+  const std::vector<int32_t>& split;
+  uint64_t seed, stream;
+  int T, mb, per_rank, dp_rank;
+  std::vector<int32_t> x, y;
+  void fill(int64_t iteration, int micro) {
+    x.resize(static_cast<size_t>(mb) * T);
+    y.resize(static_cast<size_t>(mb) * T);
+    for (int b = 0; b < mb; ++b) {
+      int64_t sample = static_cast<int64_t>(dp_rank) * per_rank + static_cast<int64_t>(micro) * mb + b;
+      fill_sequence(split, seed, stream, iteration, sample, T, x.data() + b * T, y.data() + b * T);
+    }
+  }
+};
+
+// Appends this iteration's traffic per site (this rank's view) under /comm/.
+void log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>& before,
+              const std::map<std::string, SiteCounters>& after, int iteration) {
+  const size_t rows = m.int_series("comm/iteration") ? m.int_series("comm/iteration")->size() : 0;
+  m.append("comm/iteration", iteration);
+  for (const auto& [site, c] : after) {
+    SiteCounters b;
+    if (auto f = before.find(site); f != before.end()) b = f->second;
+    const std::string base = "comm/" + site + "/";
+    // a site seen for the first time gets zeros for the earlier rows
+    while ((m.int_series(base + "calls") ? m.int_series(base + "calls")->size() : 0) < rows) {
+      m.append_int(base + "calls", 0);
+      m.append_int(base + "messages", 0);
+      m.append_int(base + "bytes", 0);
+    }
+    m.append_int(base + "calls", c.calls - b.calls);
+    m.append_int(base + "messages", c.messages - b.messages);
+    m.append_int(base + "bytes", c.bytes - b.bytes);
+  }
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm run_comm) {
+  int world = 1, rank = 0;
+  MPI_Comm_size(run_comm, &world);
+  MPI_Comm_rank(run_comm, &rank);
+  const Layout layout = Layout::make(world, rank, cfg.tp, cfg.dp);
+  auto groups = make_mpi_groups(run_comm, layout);
+  Comm& tp = *groups->tp;
+  Comm& dp = *groups->dp;
+  const bool leader = rank == 0;
+  const bool verbose = leader && !cfg.quiet;
+
+  if (cfg.threads > 0) cpu::set_num_threads(cfg.threads);
+
+  GPTModel model(cfg.model, layout.tp_rank, layout.tp);
+  model.init(cfg.seed);
+  ParamStore& params = model.params();
+  AdamW opt(params, cfg.adam);
+
+  const int T = cfg.model.seq_length, mb = cfg.micro_batch_size;
+  const int per_rank = cfg.global_batch_size / layout.dp;
+  const int n_micro = cfg.num_micro_batches();
+  const double tokens_per_iter = static_cast<double>(cfg.global_batch_size) * T;
+  const float grad_scale = static_cast<float>(1.0 / tokens_per_iter);
+  Batcher train_data{corpus.train, cfg.seed, 0, T, mb, per_rank, layout.dp_rank, {}, {}};
+  Batcher eval_data{corpus.val, cfg.seed, 1, T, mb, per_rank, layout.dp_rank, {}, {}};
+
+  std::unique_ptr<MetricsFile> metrics;
+  if (leader) {
+    std::filesystem::create_directories(cfg.out);
+    metrics = std::make_unique<MetricsFile>((std::filesystem::path(cfg.out) / "metrics.h5").string());
+    metrics->set_attr("config", cfg.to_json().dump());
+    metrics->set_attr("status", std::string("running"));
+    metrics->set_attr("version", std::string(LOSSYTP_VERSION));
+    metrics->set_attr("num_parameters", static_cast<int64_t>(cfg.model.num_parameters()));
+    metrics->set_attr("data_source", corpus.source);
+    if (corpus.entropy_floor) metrics->set_attr("data_entropy_floor", *corpus.entropy_floor);
+    metrics->flush();
+  }
+  if (verbose) {
+    std::printf("lossytp train: %s, %lld parameters, %s, %d x %d micro-batches of %d x %d tokens\n",
+                cfg.model_preset.c_str(), cfg.model.num_parameters(), layout.describe().c_str(),
+                layout.dp, n_micro, mb, T);
+    std::printf("data: %s (%zu train / %zu eval tokens, vocab %d)%s\n", corpus.source.c_str(),
+                corpus.train.size(), corpus.val.size(), cfg.model.vocab_size,
+                corpus.entropy_floor ? (", entropy floor " + std::to_string(*corpus.entropy_floor) + " nats").c_str() : "");
+    std::printf("output: %s/metrics.h5\n", cfg.out.c_str());
+    std::fflush(stdout);
+  }
+
+  auto evaluate = [&]() {
+    double sum = 0.0;
+    for (int k = 0; k < cfg.eval_iters; ++k)
+      for (int m = 0; m < n_micro; ++m) {
+        eval_data.fill(k, m);
+        sum += model.step(eval_data.x.data(), eval_data.y.data(), mb, T, tp, false, 0.0f);
+      }
+    // Every TP rank holds the same losses: sum over DP only.
+    dp.backend().all_reduce_f64(&sum, 1, ReduceOp::Sum);
+    return sum / (tokens_per_iter * cfg.eval_iters);
+  };
+
+  TrainResult result;
+  result.status = "completed";
+  const auto t_start = Clock::now();
+  double window_time = 0.0;
+  int window_iters = 0;
+  for (int it = 0; it < cfg.train_iters; ++it) {
+    const auto t0 = Clock::now();
+    const auto comm_before = groups->stats->sites();
+    tp.begin_step(it);
+    dp.begin_step(it);
+    params.grads().zero();
+    double loss_sum = 0.0;
+    for (int m = 0; m < n_micro; ++m) {
+      train_data.fill(it, m);
+      loss_sum += model.step(train_data.x.data(), train_data.y.data(), mb, T, tp, true, grad_scale);
+    }
+    // Data parallelism: sum the replicas' gradients (each already scaled by 1/global tokens).
+    dp.all_reduce(params.grads().data(), params.numel(), "dp.grad");
+    // Global gradient norm over the full model: sharded parameters from every TP rank,
+    // replicated ones once.
+    double sq = params.grad_sq_contribution();
+    tp.backend().all_reduce_f64(&sq, 1, ReduceOp::Sum);
+    const double grad_norm = std::sqrt(sq);
+    if (cfg.clip_grad > 0 && grad_norm > cfg.clip_grad)
+      cpu::scale_inplace(params.grads().data(), static_cast<float>(cfg.clip_grad / (grad_norm + 1e-6)),
+                         params.numel());
+    const float lr = lr_at(it, cfg.lr, cfg.min_lr, cfg.lr_warmup_iters, cfg.train_iters);
+    opt.step(lr);
+    dp.backend().all_reduce_f64(&loss_sum, 1, ReduceOp::Sum);
+    const double loss = loss_sum / tokens_per_iter;
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    result.train_loss.push_back(loss);
+    window_time += dt;
+    ++window_iters;
+    const int iteration = it + 1;
+    if (leader) {
+      metrics->append("train/iteration", iteration);
+      metrics->append("train/loss", loss);
+      metrics->append("train/lr", lr);
+      metrics->append("train/grad_norm", grad_norm);
+      metrics->append("train/step_time_s", dt);
+      log_comm(*metrics, comm_before, groups->stats->sites(), iteration);
+    }
+    const bool diverged = !std::isfinite(loss) || !std::isfinite(grad_norm);
+    const bool last = iteration == cfg.train_iters || diverged;
+    const bool do_eval = !diverged && cfg.eval_iters > 0 &&
+                         ((cfg.eval_interval > 0 && iteration % cfg.eval_interval == 0) || last);
+    double eval_loss = NAN;
+    if (do_eval) {
+      eval_loss = evaluate();
+      result.eval_loss.push_back(eval_loss);
+      if (leader) {
+        metrics->append("eval/iteration", iteration);
+        metrics->append("eval/loss", eval_loss);
+      }
+    }
+    if (iteration % cfg.log_interval == 0 || last || do_eval) {
+      const double tok_s = tokens_per_iter * window_iters / window_time;
+      result.tokens_per_second = tok_s;
+      if (verbose) {
+        const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
+        const double eta = elapsed / iteration * (cfg.train_iters - iteration);
+        std::printf("iter %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.0f ms/iter | ETA %s",
+                    iteration, cfg.train_iters, loss, lr, grad_norm, tok_s,
+                    1e3 * window_time / window_iters, format_duration(eta).c_str());
+        if (do_eval) std::printf(" | eval_loss %.4f", eval_loss);
+        std::printf("\n");
+        std::fflush(stdout);
+      }
+      window_time = 0.0;
+      window_iters = 0;
+      if (leader) {
+        metrics->set_attr("tokens_per_second", tok_s);
+        metrics->flush();
+      }
+    }
+    if (diverged) {
+      result.status = "diverged";
+      if (verbose) std::printf("run diverged at iteration %d (loss %g, grad_norm %g)\n", iteration, loss, grad_norm);
+      break;
+    }
+  }
+  if (leader) {
+    metrics->set_attr("status", result.status);
+    metrics->flush();
+  }
+  return result;
+}
+
+}  // namespace lossytp

@@ -1,0 +1,24 @@
+// The training loop of one run: every rank of run_comm calls train(); the ranks form
+// tp x dp groups, each trains its shard, and rank 0 of the run writes <out>/metrics.h5.
+#pragma once
+#include <mpi.h>
+
+#include <string>
+#include <vector>
+
+#include "experiments/dataset.h"
+#include "experiments/train_config.h"
+
+namespace lossytp {
+
+struct TrainResult {
+  std::string status;  // completed, diverged
+  std::vector<double> train_loss;  // per iteration (every rank has it)
+  std::vector<double> eval_loss;   // per evaluation
+  double tokens_per_second = 0.0;
+};
+
+// Throws on failure (the caller marks the run failed). Progress lines go to stdout on rank 0.
+TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm run_comm);
+
+}  // namespace lossytp

@@ -1,0 +1,100 @@
+// CPU kernels: the arithmetic of one rank, on raw row-major fp32 buffers.
+// Conventions, shared by every function here:
+//  - activations are [N, C] row-major with N = B*T tokens; weights are [OC, C] (out, in) as in
+//    Megatron and llm.c, so a linear layer is out = inp @ W^T + b;
+//  - every forward has its backward next to it;
+//  - parameter gradients ACCUMULATE (+=) so micro-batches can be summed without a copy;
+//  - input gradients: functions say whether they overwrite (=) or accumulate (+=);
+//  - loops are parallelised with OpenMP over the current thread count; GEMMs use the BLAS
+//    threads (set_num_threads sets both).
+// kernels/ depends on nothing else of lossytp.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace lossytp::cpu {
+
+// Threads for OpenMP loops and BLAS.
+void set_num_threads(int n);
+int num_threads();
+// Name of the GEMM implementation in use ("openblas" or "eigen"), for logs and benchmarks.
+const char* gemm_backend_name();
+
+// C[M,N] = alpha * op(A) @ op(B) + beta * C, all row-major; op(X) = X^T when trans is set.
+// lda/ldb/ldc are row strides of the stored (untransposed) matrices.
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc);
+
+// ---- linear: out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] if bias != nullptr)
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                    int C, int OC);
+// dinp[N,C] = dout @ weight (OVERWRITES; pass dinp = nullptr to skip);
+// dweight[OC,C] += dout^T @ inp; dbias[OC] += sum_n dout (skipped when nullptr).
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, int N, int C, int OC);
+
+// ---- LayerNorm over the last dim, eps = 1e-5; mean/rstd[N] are saved for the backward.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int N, int C);
+// dinp (ACCUMULATES, +=), dweight/dbias (+=).
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean,
+                        const float* rstd, int N, int C);
+
+// ---- GELU, tanh approximation (GPT-2's): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+void gelu_forward(float* out, const float* inp, size_t n);
+// dinp = gelu'(inp) * dout (OVERWRITES). dinp may alias dout.
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
+
+// ---- causal multi-head self-attention, fused (flash-attention style).
+// qkv: [B, T, NH, 3, HD] -- for every token and head, its q, k and v vectors of HD floats.
+// out: [B, T, NH, HD]; lse: [B, NH, T] log-sum-exp of each softmax row, saved for the backward.
+// Scale 1/sqrt(HD). Never materialises a T x T matrix per head beyond a tile.
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD);
+// dqkv: [B, T, NH, 3, HD] (OVERWRITES). Recomputes probabilities tile by tile from lse.
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int NH, int HD);
+
+// ---- embeddings
+// Vocab-parallel lookup: this rank owns rows [vocab_start, vocab_start + V) of the table.
+// out[n,:] = table[tok[n] - vocab_start, :] when the token is owned, else 0 (OVERWRITES).
+void embedding_forward(float* out, const int32_t* tok, const float* table, int N, int C,
+                       int vocab_start, int V);
+// dtable[tok[n] - vocab_start, :] += dout[n, :] for owned tokens.
+void embedding_backward(float* dtable, const int32_t* tok, const float* dout, int N, int C,
+                        int vocab_start, int V);
+// Learned positions: out[b,t,:] += pos[t,:] for out of shape [B,T,C].
+void position_forward(float* out, const float* pos, int B, int T, int C);
+// dpos[t,:] += sum_b dout[b,t,:].
+void position_backward(float* dpos, const float* dout, int B, int T, int C);
+
+// ---- vocab-parallel cross-entropy, the local halves of Megatron's three all-reduces.
+// logits: [N, V] is this rank's vocab shard, columns = tokens [vocab_start, vocab_start + V).
+// Step 1: row_max[n] = max_v logits[n,v].                       (then all-reduce MAX)
+void ce_local_max(float* row_max, const float* logits, int N, int V);
+// Step 2: target_logit[n] = logits[n, tgt[n]-vocab_start] if owned, else 0.   (all-reduce SUM)
+void ce_local_target(float* target_logit, const float* logits, const int32_t* tgt, int N, int V,
+                     int vocab_start);
+// Step 3: logits[n,v] <- exp(logits[n,v] - row_max[n]) IN PLACE; sum_exp[n] = row sum. (SUM)
+void ce_local_exp_sum(float* sum_exp, float* logits, const float* row_max, int N, int V);
+// Loss per row: losses[n] = log(sum_exp[n]) + row_max[n] - target_logit[n].
+void ce_losses(float* losses, const float* row_max, const float* sum_exp,
+               const float* target_logit, int N);
+// Backward, in place on the exponentials left by step 3:
+// logits[n,v] <- (exp[n,v] / sum_exp[n] - [v == tgt[n]-vocab_start]) * dloss[n].
+// Rows with tgt[n] < 0 (ignored) get zero gradient.
+void ce_backward_inplace(float* logits, const float* sum_exp, const int32_t* tgt,
+                         const float* dloss, int N, int V, int vocab_start);
+
+// ---- AdamW (decoupled weight decay, bias-corrected), t = step number starting at 1.
+void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int64_t t);
+
+// ---- small vector helpers used by the trainer
+// sum of squares, in double for accuracy.
+double sum_squares(const float* x, size_t n);
+void scale_inplace(float* x, float s, size_t n);
+// y += x
+void add_inplace(float* y, const float* x, size_t n);
+
+}  // namespace lossytp::cpu

@@ -1,0 +1,47 @@
+// Small vector helpers used by the trainer (gradient norm, scaling, accumulation).
+#include "kernels/cpu/ops.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <vector>
+
+namespace lossytp::cpu {
+
+double sum_squares(const float* x, size_t n) {
+  // Fixed-size chunks, each summed in double, then the chunk sums in order: the same result
+  // for every thread count (an OpenMP reduction would combine in an unspecified order).
+  constexpr size_t kChunk = size_t{1} << 16;
+  const ptrdiff_t nchunks = static_cast<ptrdiff_t>((n + kChunk - 1) / kChunk);
+  if (nchunks <= 1) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (size_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+    return s;
+  }
+  std::vector<double> part(static_cast<size_t>(nchunks));
+#pragma omp parallel for schedule(static)
+  for (ptrdiff_t c = 0; c < nchunks; ++c) {
+    const size_t i0 = static_cast<size_t>(c) * kChunk, i1 = std::min(n, i0 + kChunk);
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (size_t i = i0; i < i1; ++i) s += static_cast<double>(x[i]) * x[i];
+    part[static_cast<size_t>(c)] = s;
+  }
+  double s = 0.0;
+  for (double p : part) s += p;
+  return s;
+}
+
+void scale_inplace(float* x, float s, size_t n) {
+  const ptrdiff_t len = static_cast<ptrdiff_t>(n);
+#pragma omp parallel for simd schedule(static)
+  for (ptrdiff_t i = 0; i < len; ++i) x[i] *= s;
+}
+
+void add_inplace(float* y, const float* x, size_t n) {
+  const ptrdiff_t len = static_cast<ptrdiff_t>(n);
+#pragma omp parallel for simd schedule(static)
+  for (ptrdiff_t i = 0; i < len; ++i) y[i] += x[i];
+}
+
+}  // namespace lossytp::cpu

@@ -1,0 +1,38 @@
+// The architecture of a GPT model, and the named presets. Every field can be overridden.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace lossytp {
+
+struct ModelConfig {
+  int vocab_size = 4096;
+  int seq_length = 256;
+  int num_layers = 4;
+  int hidden_size = 256;
+  int num_attention_heads = 4;
+  int ffn_hidden_size = 0;  // 0: 4 * hidden_size
+  float init_std = 0.02f;
+
+  int ffn() const { return ffn_hidden_size > 0 ? ffn_hidden_size : 4 * hidden_size; }
+  int head_dim() const { return hidden_size / num_attention_heads; }
+  // Parameters of the full (unsharded) model, tied embedding counted once.
+  long long num_parameters() const;
+  // Training FLOPs per token: 6 N (N without position embeddings) + 12 L T d (attention).
+  double flops_per_token() const;
+  // Throws std::invalid_argument naming the field when the shape is impossible for `tp`.
+  void validate(int tp) const;
+};
+
+struct Preset {
+  std::string name;
+  ModelConfig model;
+  int micro_batch_size;
+  std::string description;
+};
+
+const std::vector<Preset>& presets();
+// Throws std::invalid_argument listing the known presets.
+const Preset& find_preset(const std::string& name);
+
+}  // namespace lossytp

@@ -1,0 +1,46 @@
+// GPT-2 (pre-LN, learned positions, 4x GELU MLP, biases, tied input/output embedding), built
+// from Megatron-style tensor-parallel layers. One object per rank holds that rank's shard.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "models/config.h"
+#include "models/layernorm.h"
+#include "models/param_store.h"
+#include "models/transformer_block.h"
+#include "models/vocab_parallel_cross_entropy.h"
+#include "models/vocab_parallel_embedding.h"
+#include "sim/comm.h"
+
+namespace lossytp {
+
+class GPTModel {
+ public:
+  GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size);
+  const ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return store_; }
+  void init(uint64_t seed) { store_.init(seed); }
+
+  // One micro-batch of B sequences of T tokens (x inputs, y targets, both [B, T]).
+  // Returns the sum of the B*T token losses. When backward is set, gradients of
+  // grad_scale * (sum of token losses) are ACCUMULATED into params().grads().
+  double step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp, bool backward,
+              float grad_scale);
+
+ private:
+  void ensure(int B, int T);
+  ModelConfig cfg_;
+  ParamStore store_;
+  VocabParallelEmbedding embed_;
+  int pos_;
+  std::vector<std::unique_ptr<TransformerBlock>> blocks_;
+  LayerNorm lnf_;
+  VocabParallelCrossEntropy ce_;
+  int B_ = 0, T_ = 0;
+  std::vector<Tensor> res_;  // residual stream: res_[0] embeddings, res_[l+1] block l output
+  Tensor lnf_out_, logits_, dres_, losses_, dloss_;
+  BlockScratch scratch_;
+};
+
+}  // namespace lossytp

@@ -1,0 +1,24 @@
+// The tensor-parallel regions, named as in Megatron-LM's tensor_parallel/mappings.py, so a
+// reader sees what moves in forward and in backward at each communication point.
+#pragma once
+#include <string>
+
+#include "sim/comm.h"
+
+namespace lossytp {
+
+// copy_to_tensor_model_parallel_region: forward identity (every TP rank already holds the
+// replicated input); backward all-reduces the input gradient, the sum of each shard's part.
+inline void copy_to_tp_region_forward() {}
+inline void copy_to_tp_region_backward(Comm& tp, float* grad, size_t n, const std::string& site) {
+  tp.all_reduce(grad, n, site);
+}
+
+// reduce_from_tensor_model_parallel_region: forward all-reduces the shards' partial sums;
+// backward identity (the output gradient is replicated already).
+inline void reduce_from_tp_region_forward(Comm& tp, float* x, size_t n, const std::string& site) {
+  tp.all_reduce(x, n, site);
+}
+inline void reduce_from_tp_region_backward() {}
+
+}  // namespace lossytp

@@ -1,0 +1,83 @@
+#include "models/param_store.h"
+
+#include <stdexcept>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/philox.h"
+
+namespace lossytp {
+
+size_t ParamSpec::numel() const {
+  size_t n = 1;
+  for (int64_t d : local) n *= static_cast<size_t>(d);
+  return n;
+}
+
+int ParamStore::declare(std::string name, std::vector<int64_t> full, int shard_dim, Init init,
+                        float std, bool weight_decay) {
+  if (values_.defined()) throw std::logic_error("declare after allocate: " + name);
+  ParamSpec s;
+  s.name = std::move(name);
+  s.full = std::move(full);
+  s.shard_dim = shard_dim;
+  s.init = init;
+  s.std = std;
+  s.weight_decay = weight_decay;
+  s.local = s.full;
+  if (shard_dim >= 0) {
+    if (s.full[shard_dim] % tp_size_ != 0)
+      throw std::invalid_argument("parameter " + s.name + " dim " + std::to_string(shard_dim) +
+                                  " of size " + std::to_string(s.full[shard_dim]) +
+                                  " is not divisible by tp " + std::to_string(tp_size_));
+    s.local[shard_dim] /= tp_size_;
+  }
+  specs_.push_back(std::move(s));
+  return static_cast<int>(specs_.size()) - 1;
+}
+
+void ParamStore::allocate() {
+  total_ = 0;
+  for (ParamSpec& s : specs_) {
+    s.offset = total_;
+    // 16-float (64-byte) alignment for every parameter.
+    total_ += (s.numel() + 15) / 16 * 16;
+  }
+  values_ = Tensor({static_cast<int64_t>(total_)});
+  grads_ = Tensor({static_cast<int64_t>(total_)});
+}
+
+void ParamStore::init(uint64_t seed) {
+  for (size_t pi = 0; pi < specs_.size(); ++pi) {
+    const ParamSpec& s = specs_[pi];
+    float* v = value(static_cast<int>(pi));
+    const size_t n = s.numel();
+    if (s.init == Init::Zeros) { for (size_t i = 0; i < n; ++i) v[i] = 0.0f; continue; }
+    if (s.init == Init::Ones) { for (size_t i = 0; i < n; ++i) v[i] = 1.0f; continue; }
+    const uint64_t stream = fnv1a64(s.name.c_str());
+    // Map each local element to its index in the full matrix (row-major), then draw.
+    // Shapes are 1-D or 2-D.
+    const int64_t rows = s.local.size() == 2 ? s.local[0] : 1;
+    const int64_t cols = s.local.back();
+    const int64_t full_cols = s.full.back();
+    const int64_t row0 = s.shard_dim == 0 && s.local.size() == 2 ? tp_rank_ * rows : 0;
+    const int64_t col0 = (s.shard_dim == static_cast<int>(s.local.size()) - 1) ? tp_rank_ * cols : 0;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        uint64_t full_index = static_cast<uint64_t>((row0 + r) * full_cols + col0 + c);
+        v[r * cols + c] = s.std * philox_normal(seed, stream, full_index);
+      }
+  }
+}
+
+double ParamStore::grad_sq_contribution() const {
+  double s = 0.0;
+  for (size_t pi = 0; pi < specs_.size(); ++pi) {
+    const ParamSpec& p = specs_[pi];
+    if (p.shard_dim < 0 && tp_rank_ != 0) continue;
+    s += cpu::sum_squares(grads_.data() + p.offset, p.numel());
+  }
+  return s;
+}
+
+}  // namespace lossytp

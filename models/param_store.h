@@ -1,0 +1,60 @@
+// ParamStore: every parameter of a rank's shard lives in one contiguous arena, and so does every
+// gradient, so the DP all-reduce, clipping, the optimizer and checkpoints each touch one buffer.
+// Layers declare their parameters (with the full, unsharded shape and how it is split over TP),
+// then allocate() lays out the arenas and init() draws the values.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/tensor.h"
+
+namespace lossytp {
+
+enum class Init { Normal, Zeros, Ones };
+
+struct ParamSpec {
+  std::string name;               // "layer0.attn.qkv.weight"
+  std::vector<int64_t> full;      // unsharded shape
+  int shard_dim = -1;             // -1: replicated on every TP rank; else split along this dim
+  Init init = Init::Normal;
+  float std = 0.02f;
+  bool weight_decay = true;
+  size_t offset = 0;              // into the arenas, set by allocate()
+  std::vector<int64_t> local;     // this rank's shape
+  size_t numel() const;
+};
+
+class ParamStore {
+ public:
+  ParamStore(int tp_rank, int tp_size) : tp_rank_(tp_rank), tp_size_(tp_size) {}
+  // Returns the index of the parameter; views are valid after allocate().
+  int declare(std::string name, std::vector<int64_t> full, int shard_dim, Init init,
+              float std = 0.0f, bool weight_decay = true);
+  void allocate();
+  // Draws every parameter from (seed, name, index in the FULL matrix): a pure function, so the
+  // numbers of a run do not depend on the TP size.
+  void init(uint64_t seed);
+
+  float* value(int i) { return values_.data() + specs_[i].offset; }
+  float* grad(int i) { return grads_.data() + specs_[i].offset; }
+  const ParamSpec& spec(int i) const { return specs_[i]; }
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  Tensor& values() { return values_; }
+  Tensor& grads() { return grads_; }
+  size_t numel() const { return total_; }
+  int tp_rank() const { return tp_rank_; }
+  int tp_size() const { return tp_size_; }
+
+  // Sum of squared gradients this rank contributes to the global norm: sharded parameters
+  // always, replicated ones only on tp_rank 0 so the TP all-reduce counts them once.
+  double grad_sq_contribution() const;
+
+ private:
+  int tp_rank_, tp_size_;
+  std::vector<ParamSpec> specs_;
+  Tensor values_, grads_;
+  size_t total_ = 0;
+};
+
+}  // namespace lossytp

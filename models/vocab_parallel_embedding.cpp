@@ -1,0 +1,37 @@
+#include "models/vocab_parallel_embedding.h"
+
+#include "kernels/cpu/ops.h"
+#include "models/mappings.h"
+
+namespace lossytp {
+
+VocabParallelEmbedding::VocabParallelEmbedding(ParamStore& store, int vocab, int C, float std)
+    : store_(store), C_(C) {
+  w_ = store.declare("embed.weight", {vocab, C}, 0, Init::Normal, std, true);
+  vocab_local_ = vocab / store.tp_size();
+  vocab_start_ = store.tp_rank() * vocab_local_;
+}
+
+void VocabParallelEmbedding::forward(float* out, const int32_t* tok, int N, Comm& tp) {
+  cpu::embedding_forward(out, tok, store_.value(w_), N, C_, vocab_start_, vocab_local_);
+  reduce_from_tp_region_forward(tp, out, static_cast<size_t>(N) * C_, "embed.fwd");
+}
+
+void VocabParallelEmbedding::backward(const float* dout, const int32_t* tok, int N) {
+  reduce_from_tp_region_backward();
+  cpu::embedding_backward(store_.grad(w_), tok, dout, N, C_, vocab_start_, vocab_local_);
+}
+
+void VocabParallelEmbedding::logits_forward(float* logits, const float* x, int N) {
+  copy_to_tp_region_forward();
+  cpu::matmul_forward(logits, x, store_.value(w_), nullptr, N, C_, vocab_local_);
+}
+
+void VocabParallelEmbedding::logits_backward(float* dx, const float* dlogits, const float* x,
+                                             int N, Comm& tp) {
+  cpu::matmul_backward(dx, store_.grad(w_), nullptr, dlogits, x, store_.value(w_), N, C_,
+                       vocab_local_);
+  copy_to_tp_region_backward(tp, dx, static_cast<size_t>(N) * C_, "head.bwd");
+}
+
+}  // namespace lossytp

@@ -1,0 +1,34 @@
+// Backend: the transport of one process group. It moves bytes point-to-point and offers the
+// native collectives of the underlying library (MPI now; NCCL and in-process threads later).
+// It knows nothing about sites or network models: Comm (sim/comm.h) adds those on top.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace lossytp {
+
+enum class ReduceOp { Sum, Max };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string name() const = 0;
+
+  virtual void send(const void* buf, size_t bytes, int dst, int tag) = 0;
+  virtual void recv(void* buf, size_t bytes, int src, int tag) = 0;
+  // Sends to dst and receives from src at once (a ring hop without deadlock).
+  virtual void sendrecv(const void* sbuf, size_t sbytes, int dst, void* rbuf, size_t rbytes,
+                        int src, int tag) = 0;
+
+  // Native collectives on fp32 buffers.
+  virtual void all_reduce(float* buf, size_t n, ReduceOp op) = 0;
+  virtual void all_reduce_f64(double* buf, size_t n, ReduceOp op) = 0;
+  virtual void all_gather(const float* in, float* out, size_t n_per_rank) = 0;
+  virtual void reduce_scatter(const float* in, float* out, size_t n_per_rank) = 0;
+  virtual void broadcast(void* buf, size_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+};
+
+}  // namespace lossytp

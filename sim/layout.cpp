@@ -1,0 +1,59 @@
+#include "sim/layout.h"
+
+#include <stdexcept>
+
+#include "sim/mpi_backend.h"
+
+namespace lossytp {
+
+Layout Layout::make(int world, int rank, int tp, int dp) {
+  if (tp < 1) throw std::invalid_argument("--tensor-model-parallel-size must be >= 1, got " + std::to_string(tp));
+  if (dp < 0) throw std::invalid_argument("--data-parallel-size must be >= 1, got " + std::to_string(dp));
+  if (world % tp != 0)
+    throw std::invalid_argument("world size " + std::to_string(world) +
+                                " is not divisible by --tensor-model-parallel-size " +
+                                std::to_string(tp));
+  if (dp == 0) dp = world / tp;
+  if (tp * dp != world)
+    throw std::invalid_argument("world size " + std::to_string(world) + " != tp " +
+                                std::to_string(tp) + " x dp " + std::to_string(dp) +
+                                " (launch " + std::to_string(tp * dp) + " ranks)");
+  Layout l;
+  l.world = world;
+  l.rank = rank;
+  l.tp = tp;
+  l.dp = dp;
+  l.tp_rank = rank % tp;
+  l.dp_rank = (rank / tp) % dp;
+  return l;
+}
+
+std::string Layout::describe() const {
+  return "world " + std::to_string(world) + " = tp " + std::to_string(tp) + " x dp " +
+         std::to_string(dp);
+}
+
+Groups::~Groups() {
+  tp.reset();
+  dp.reset();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) {
+    if (tp_comm != MPI_COMM_NULL) MPI_Comm_free(&tp_comm);
+    if (dp_comm != MPI_COMM_NULL) MPI_Comm_free(&dp_comm);
+  }
+}
+
+std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout) {
+  auto g = std::make_unique<Groups>();
+  g->layout = layout;
+  g->stats = std::make_shared<CommStats>();
+  // Same dp index -> same TP group, ordered by tp_rank; same tp index -> same DP group.
+  MPI_Comm_split(run_comm, layout.dp_rank, layout.tp_rank, &g->tp_comm);
+  MPI_Comm_split(run_comm, layout.tp_rank, layout.dp_rank, &g->dp_comm);
+  g->tp = std::make_unique<Comm>(std::make_unique<MpiBackend>(g->tp_comm), "tp", g->stats);
+  g->dp = std::make_unique<Comm>(std::make_unique<MpiBackend>(g->dp_comm), "dp", g->stats);
+  return g;
+}
+
+}  // namespace lossytp

@@ -1,0 +1,42 @@
+// Rank layout, Megatron's order: TP fastest, then CP, then DP, then PP slowest.
+// rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank)). CP and PP are 1 for now;
+// the fields are here so they slot in without changing callers.
+#pragma once
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+
+#include "sim/comm.h"
+
+namespace lossytp {
+
+struct Layout {
+  int world = 1, rank = 0;
+  int tp = 1, cp = 1, dp = 1, pp = 1;
+  int tp_rank = 0, cp_rank = 0, dp_rank = 0, pp_rank = 0;
+
+  // Validates and derives the layout. dp = 0 means "derive from the world size".
+  // Throws std::invalid_argument naming the problem (world not divisible by tp, ...).
+  static Layout make(int world, int rank, int tp, int dp);
+  std::string describe() const;
+};
+
+// The process groups of one run: a TP group (ranks that share a model replica) and a DP group
+// (ranks holding the same shard in different replicas), carved out of the run's communicator.
+struct Groups {
+  Layout layout;
+  std::shared_ptr<CommStats> stats;
+  std::unique_ptr<Comm> tp;
+  std::unique_ptr<Comm> dp;
+  MPI_Comm tp_comm = MPI_COMM_NULL, dp_comm = MPI_COMM_NULL;
+
+  Groups() = default;
+  Groups(const Groups&) = delete;
+  Groups& operator=(const Groups&) = delete;
+  ~Groups();
+};
+
+std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout);
+
+}  // namespace lossytp

@@ -1,0 +1,432 @@
+// Token data: the synthetic Markov source (exact entropy rate vs Monte Carlo, stationarity,
+// determinism), token files (text / raw uint16 / llm.c) and their error messages, and the
+// Philox-driven sequence sampler.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "experiments/dataset.h"
+
+using namespace lossytp;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh directory per test case, removed afterwards.
+struct TempDir {
+  fs::path dir;
+  TempDir() {
+    static int counter = 0;
+    dir = fs::temp_directory_path() /
+          ("lossytp_test_dataset_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  std::string file(const std::string& name) const { return (dir / name).string(); }
+};
+
+void write_bytes(const std::string& path, const std::vector<unsigned char>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+void put_u16(std::vector<unsigned char>& b, uint16_t v) {
+  b.push_back(static_cast<unsigned char>(v & 0xff));
+  b.push_back(static_cast<unsigned char>(v >> 8));
+}
+void put_i32(std::vector<unsigned char>& b, int32_t v) {
+  uint32_t u = static_cast<uint32_t>(v);
+  for (int i = 0; i < 4; ++i) b.push_back(static_cast<unsigned char>(u >> (8 * i)));
+}
+
+std::vector<unsigned char> uint16_file(const std::vector<uint16_t>& toks) {
+  std::vector<unsigned char> b;
+  for (uint16_t t : toks) put_u16(b, t);
+  return b;
+}
+
+std::vector<unsigned char> llmc_file(const std::vector<uint16_t>& toks, int32_t version = 1,
+                                     int32_t header_count = -1, int32_t magic = 20240520) {
+  std::vector<unsigned char> b;
+  put_i32(b, magic);
+  put_i32(b, version);
+  put_i32(b, header_count < 0 ? static_cast<int32_t>(toks.size()) : header_count);
+  for (int i = 3; i < 256; ++i) put_i32(b, 0);
+  for (uint16_t t : toks) put_u16(b, t);
+  return b;
+}
+
+// load_corpus must throw a runtime_error whose message contains `path` and `what`.
+void require_throws_naming(const DataOptions& opt, const std::string& path,
+                           const std::string& what) {
+  try {
+    (void)load_corpus(opt);
+    FAIL("load_corpus did not throw for " << path);
+  } catch (const std::runtime_error& e) {
+    std::string msg = e.what();
+    INFO("message: " << msg);
+    CHECK(msg.find(path) != std::string::npos);
+    CHECK(msg.find(what) != std::string::npos);
+  }
+}
+
+double log_prob(const MarkovSource& m, int32_t from, int32_t to) {
+  for (int i = 0; i < m.branching; ++i)
+    if (m.next[static_cast<size_t>(from) * m.branching + i] == to)
+      return std::log(m.prob[static_cast<size_t>(from) * m.branching + i]);
+  return -INFINITY;
+}
+
+}  // namespace
+
+TEST_CASE("markov source structure and stationary distribution", "[data]") {
+  for (auto [V, B] : {std::pair{64, 4}, std::pair{4096, 16}, std::pair{3, 2}, std::pair{5, 1}}) {
+    INFO("vocab " << V << " branching " << B);
+    MarkovSource m = MarkovSource::random(V, B, 99);
+    REQUIRE(m.next.size() == static_cast<size_t>(V) * B);
+    REQUIRE(m.prob.size() == static_cast<size_t>(V) * B);
+    REQUIRE(m.stationary.size() == static_cast<size_t>(V));
+    // Count violations rather than CHECK each entry (tens of thousands of them).
+    int bad_first = 0, self_loops = 0, out_of_range = 0, nonpositive = 0, dups = 0, bad_rows = 0;
+    for (int t = 0; t < V; ++t) {
+      const int32_t* succ = &m.next[static_cast<size_t>(t) * B];
+      const double* p = &m.prob[static_cast<size_t>(t) * B];
+      bad_first += succ[0] != (t + 1) % V;
+      double rs = 0;
+      for (int i = 0; i < B; ++i) {
+        self_loops += succ[i] == t;
+        out_of_range += succ[i] < 0 || succ[i] >= V;
+        nonpositive += !(p[i] > 0);
+        rs += p[i];
+        for (int j = 0; j < i; ++j) dups += succ[j] == succ[i];
+      }
+      bad_rows += std::fabs(rs - 1.0) > 1e-12;
+    }
+    CHECK(bad_first == 0);
+    CHECK(self_loops == 0);
+    CHECK(out_of_range == 0);
+    CHECK(nonpositive == 0);
+    CHECK(dups == 0);
+    CHECK(bad_rows == 0);
+    // pi sums to 1 and pi P = pi.
+    double sum = 0;
+    std::vector<double> pp(V, 0.0);
+    for (int s = 0; s < V; ++s) {
+      sum += m.stationary[s];
+      if (m.stationary[s] < 0) FAIL("negative stationary probability");
+      for (int i = 0; i < B; ++i) pp[m.next[s * B + i]] += m.stationary[s] * m.prob[s * B + i];
+    }
+    CHECK(std::fabs(sum - 1.0) < 1e-12);
+    double l1 = 0;
+    for (int s = 0; s < V; ++s) l1 += std::fabs(pp[s] - m.stationary[s]);
+    CHECK(l1 < 1e-11);
+  }
+  CHECK_THROWS(MarkovSource::random(1, 1, 1));
+  CHECK_THROWS(MarkovSource::random(16, 16, 1));
+  CHECK_THROWS(MarkovSource::random(16, 0, 1));
+}
+
+TEST_CASE("markov entropy rate matches a Monte Carlo estimate", "[data]") {
+  for (auto [V, B] : {std::pair{4096, 16}, std::pair{64, 4}, std::pair{256, 32}}) {
+    MarkovSource m = MarkovSource::random(V, B, 7);
+    const double h = m.entropy_rate();
+    const size_t n = 2000000;
+    std::vector<int32_t> x = m.sample(n, 12345);
+    REQUIRE(x.size() == n);
+    double s = 0, s2 = 0;
+    size_t impossible = 0;  // transitions the source does not allow
+    for (size_t t = 0; t + 1 < n; ++t) {
+      double l = -log_prob(m, x[t], x[t + 1]);
+      if (!std::isfinite(l)) {
+        ++impossible;
+        continue;
+      }
+      s += l;
+      s2 += l * l;
+    }
+    REQUIRE(impossible == 0);
+    const double N = static_cast<double>(n - 1);
+    const double mean = s / N, se = std::sqrt((s2 / N - mean * mean) / N);
+    INFO("vocab " << V << " branching " << B << ": exact " << h << ", Monte Carlo " << mean
+                  << " +- " << se);
+    CHECK(std::fabs(mean - h) < std::max(3 * se, 0.01 * h));
+    CHECK(std::fabs(mean - h) < 0.01 * h);
+  }
+  // The default corpus's floor is in the intended range.
+  double h16 = MarkovSource::random(4096, 16, 1234).entropy_rate();
+  CHECK(h16 > 1.5);
+  CHECK(h16 < 2.5);
+}
+
+TEST_CASE("markov sample visits states in stationary proportion", "[data]") {
+  MarkovSource m = MarkovSource::random(32, 4, 3);
+  std::vector<int32_t> x = m.sample(1000000, 5);
+  std::vector<double> count(32, 0.0);
+  for (int32_t t : x) count[t] += 1;
+  double tv = 0;
+  for (int s = 0; s < 32; ++s) tv += std::fabs(count[s] / x.size() - m.stationary[s]);
+  CHECK(tv < 0.02);
+}
+
+TEST_CASE("synthetic corpus is deterministic in its seed", "[data]") {
+  DataOptions opt;
+  opt.vocab_size = 512;
+  opt.synthetic_train_tokens = 100000;
+  opt.synthetic_val_tokens = 20000;
+  TokenCorpus a = load_corpus(opt), b = load_corpus(opt);
+  CHECK(a.format == "synthetic");
+  CHECK(a.source == "synthetic-markov");
+  CHECK(a.vocab_size == 512);
+  REQUIRE(a.entropy_floor.has_value());
+  CHECK(*a.entropy_floor == MarkovSource::random(512, 16, opt.seed).entropy_rate());
+  CHECK(a.train.size() == 100000);
+  CHECK(a.val.size() == 20000);
+  CHECK(a.train == b.train);
+  CHECK(a.val == b.val);
+  // train and val are different paths.
+  CHECK(!std::equal(a.val.begin(), a.val.end(), a.train.begin()));
+  opt.seed = 4321;
+  TokenCorpus c = load_corpus(opt);
+  CHECK(c.train != a.train);
+  CHECK(c.val != a.val);
+  CHECK(*c.entropy_floor != *a.entropy_floor);
+  CHECK(std::all_of(a.train.begin(), a.train.end(), [](int32_t t) { return t >= 0 && t < 512; }));
+}
+
+TEST_CASE("default synthetic corpus generates quickly", "[data]") {
+  DataOptions opt;  // vocab 4096, 2M + 128k tokens
+  auto t0 = std::chrono::steady_clock::now();
+  TokenCorpus c = load_corpus(opt);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(c.train.size() == (size_t(1) << 21));
+  CHECK(c.val.size() == (size_t(1) << 17));
+  CHECK(secs < 1.0);
+}
+
+TEST_CASE("token files round-trip", "[data]") {
+  TempDir d;
+  SECTION("text: bytes are tokens, last eval_fraction held out") {
+    std::string p = d.file("corpus.txt");
+    std::string text = "hello, world! \xff\x01 the quick brown fox";
+    write_bytes(p, std::vector<unsigned char>(text.begin(), text.end()));
+    DataOptions opt;
+    opt.path = p;
+    opt.eval_fraction = 0.25;
+    TokenCorpus c = load_corpus(opt);
+    CHECK(c.format == "text");
+    CHECK(c.vocab_size == 256);
+    CHECK(!c.entropy_floor.has_value());
+    CHECK(c.source == p);
+    std::vector<int32_t> all = c.train;
+    all.insert(all.end(), c.val.begin(), c.val.end());
+    REQUIRE(all.size() == text.size());
+    for (size_t i = 0; i < text.size(); ++i) CHECK(all[i] == static_cast<unsigned char>(text[i]));
+    CHECK(c.val.size() == static_cast<size_t>(std::llround(text.size() * 0.25)));
+  }
+  SECTION("raw uint16 (nanoGPT) with a separate eval file") {
+    std::vector<uint16_t> tr = {1, 2, 3, 50256, 7, 0, 65535 - 1};
+    std::vector<uint16_t> va = {9, 8, 60000};
+    write_bytes(d.file("train.bin"), uint16_file(tr));
+    write_bytes(d.file("val.bin"), uint16_file(va));
+    DataOptions opt;
+    opt.path = d.file("train.bin");
+    opt.eval_path = d.file("val.bin");
+    TokenCorpus c = load_corpus(opt);
+    CHECK(c.format == "uint16");
+    CHECK(c.train == std::vector<int32_t>(tr.begin(), tr.end()));
+    CHECK(c.val == std::vector<int32_t>(va.begin(), va.end()));
+    CHECK(c.vocab_size == 65535);
+    CHECK(c.source.find(d.file("train.bin")) != std::string::npos);
+    CHECK(c.source.find(d.file("val.bin")) != std::string::npos);
+  }
+  SECTION("raw uint16 split by eval_fraction") {
+    std::vector<uint16_t> tr;
+    for (int i = 0; i < 100; ++i) tr.push_back(static_cast<uint16_t>(i * 3));
+    write_bytes(d.file("tok.bin"), uint16_file(tr));
+    DataOptions opt;
+    opt.path = d.file("tok.bin");
+    opt.eval_fraction = 0.1;
+    TokenCorpus c = load_corpus(opt);
+    CHECK(c.format == "uint16");
+    REQUIRE(c.train.size() == 90);
+    REQUIRE(c.val.size() == 10);
+    CHECK(c.train[89] == 89 * 3);
+    CHECK(c.val[0] == 90 * 3);
+    CHECK(c.vocab_size == 99 * 3 + 1);
+  }
+  SECTION("llm.c headered .bin") {
+    std::vector<uint16_t> tr = {50256, 15496, 11, 995, 0, 1};
+    std::vector<uint16_t> va = {50256, 40, 2};
+    write_bytes(d.file("x_train.bin"), llmc_file(tr));
+    write_bytes(d.file("x_val.bin"), llmc_file(va));
+    DataOptions opt;
+    opt.path = d.file("x_train.bin");
+    opt.eval_path = d.file("x_val.bin");
+    TokenCorpus c = load_corpus(opt);
+    CHECK(c.format == "llmc");
+    CHECK(c.train == std::vector<int32_t>(tr.begin(), tr.end()));
+    CHECK(c.val == std::vector<int32_t>(va.begin(), va.end()));
+    CHECK(c.vocab_size == 50257);
+  }
+  SECTION("explicit format overrides the extension") {
+    std::vector<uint16_t> tr = {5, 6, 7, 8};
+    write_bytes(d.file("tok.dat"), uint16_file(tr));
+    DataOptions opt;
+    opt.path = d.file("tok.dat");
+    opt.format = "uint16";
+    opt.eval_fraction = 0.5;
+    TokenCorpus c = load_corpus(opt);
+    CHECK(c.format == "uint16");
+    CHECK(c.train == std::vector<int32_t>{5, 6});
+    CHECK(c.val == std::vector<int32_t>{7, 8});
+    opt.format = "text";
+    TokenCorpus t = load_corpus(opt);
+    CHECK(t.format == "text");
+    CHECK(t.train.size() + t.val.size() == 8);
+  }
+}
+
+TEST_CASE("token file errors name the file and the problem", "[data]") {
+  TempDir d;
+  DataOptions opt;
+  SECTION("missing") {
+    opt.path = d.file("nope.bin");
+    require_throws_naming(opt, opt.path, "does not exist");
+  }
+  SECTION("missing eval file") {
+    write_bytes(d.file("a.bin"), uint16_file({1, 2, 3}));
+    opt.path = d.file("a.bin");
+    opt.eval_path = d.file("nope_val.bin");
+    require_throws_naming(opt, opt.eval_path, "does not exist");
+  }
+  SECTION("unreadable (a directory)") {
+    opt.path = d.file("adir.bin");
+    fs::create_directories(opt.path);
+    require_throws_naming(opt, opt.path, "not a regular file");
+  }
+  SECTION("empty") {
+    write_bytes(d.file("empty.bin"), {});
+    opt.path = d.file("empty.bin");
+    require_throws_naming(opt, opt.path, "empty");
+    write_bytes(d.file("empty.txt"), {});
+    opt.path = d.file("empty.txt");
+    require_throws_naming(opt, opt.path, "empty");
+  }
+  SECTION("odd byte count") {
+    write_bytes(d.file("odd.bin"), {1, 0, 2});
+    opt.path = d.file("odd.bin");
+    require_throws_naming(opt, opt.path, "odd byte count");
+  }
+  SECTION("unsupported llm.c version") {
+    write_bytes(d.file("v2.bin"), llmc_file({1, 2, 3}, 2));
+    opt.path = d.file("v2.bin");
+    require_throws_naming(opt, opt.path, "unsupported llm.c header version 2");
+  }
+  SECTION("llm.c size mismatch") {
+    write_bytes(d.file("short.bin"), llmc_file({1, 2, 3}, 1, 10));
+    opt.path = d.file("short.bin");
+    require_throws_naming(opt, opt.path, "size mismatch");
+  }
+  SECTION("llm.c truncated header") {
+    std::vector<unsigned char> b = llmc_file({1, 2});
+    b.resize(100);
+    write_bytes(d.file("trunc.bin"), b);
+    opt.path = d.file("trunc.bin");
+    require_throws_naming(opt, opt.path, "llm.c header");
+  }
+  SECTION("bad llm.c magic when the format is forced") {
+    write_bytes(d.file("raw.bin"), llmc_file({1, 2}, 1, -1, 12345));
+    opt.path = d.file("raw.bin");
+    opt.format = "llmc";
+    require_throws_naming(opt, opt.path, "bad llm.c header");
+  }
+  SECTION("eval_fraction out of (0,1)") {
+    write_bytes(d.file("ok.bin"), uint16_file({1, 2, 3, 4}));
+    opt.path = d.file("ok.bin");
+    for (double f : {0.0, 1.0, -0.5, 1.5}) {
+      opt.eval_fraction = f;
+      require_throws_naming(opt, opt.path, "eval_fraction");
+    }
+  }
+  SECTION("unknown format") {
+    write_bytes(d.file("ok.bin"), uint16_file({1, 2, 3, 4}));
+    opt.path = d.file("ok.bin");
+    opt.format = "parquet";
+    require_throws_naming(opt, opt.path, "parquet");
+  }
+}
+
+TEST_CASE("check_sequences rejects splits shorter than seq_len+1", "[data]") {
+  TokenCorpus c;
+  c.format = "uint16";
+  c.source = "/data/tiny.bin";
+  c.train = std::vector<int32_t>(65, 1);
+  c.val = std::vector<int32_t>(65, 1);
+  CHECK_NOTHROW(check_sequences(c, 64));
+  try {
+    check_sequences(c, 65);
+    FAIL("no throw");
+  } catch (const std::runtime_error& e) {
+    std::string msg = e.what();
+    CHECK(msg.find("/data/tiny.bin") != std::string::npos);
+    CHECK(msg.find("65 training tokens") != std::string::npos);
+    CHECK(msg.find("seq-length+1 = 66") != std::string::npos);
+  }
+  c.val.resize(10);
+  CHECK_THROWS_WITH(check_sequences(c, 64), Catch::Contains("10 eval tokens"));
+}
+
+TEST_CASE("fill_sequence is a deterministic shifted window", "[data]") {
+  std::vector<int32_t> split(1000);
+  for (size_t i = 0; i < split.size(); ++i) split[i] = static_cast<int32_t>(i);
+  const int T = 32;
+  std::vector<int32_t> x(T), y(T), x2(T), y2(T);
+  std::map<int32_t, int> starts;
+  for (int64_t it = 0; it < 50; ++it) {
+    for (int64_t s = 0; s < 8; ++s) {
+      fill_sequence(split, 42, 0, it, s, T, x.data(), y.data());
+      fill_sequence(split, 42, 0, it, s, T, x2.data(), y2.data());
+      REQUIRE(x == x2);
+      REQUIRE(y == y2);
+      REQUIRE(x[0] >= 0);
+      REQUIRE(x[0] + T + 1 <= 1000);
+      for (int t = 0; t < T; ++t) {
+        REQUIRE(x[t] == x[0] + t);  // contiguous window
+        REQUIRE(y[t] == x[t] + 1);  // y is x shifted by one
+      }
+      starts[x[0]]++;
+    }
+  }
+  CHECK(starts.size() > 300);  // offsets vary across iterations and samples
+  // Different stream / seed / sample give different windows.
+  fill_sequence(split, 42, 0, 3, 1, T, x.data(), y.data());
+  fill_sequence(split, 42, 1, 3, 1, T, x2.data(), y2.data());
+  CHECK(x != x2);
+  fill_sequence(split, 43, 0, 3, 1, T, x2.data(), y2.data());
+  CHECK(x != x2);
+  // Large iterations use the high counter word.
+  fill_sequence(split, 42, 0, int64_t(1) << 32, 1, T, x2.data(), y2.data());
+  fill_sequence(split, 42, 0, 0, 1, T, x.data(), y.data());
+  CHECK(x != x2);
+  // A split of exactly T+1 tokens has one window.
+  std::vector<int32_t> tiny(split.begin(), split.begin() + T + 1);
+  fill_sequence(tiny, 7, 0, 9, 9, T, x.data(), y.data());
+  CHECK(x[0] == 0);
+  CHECK(y[T - 1] == T);
+  CHECK_THROWS(fill_sequence(std::vector<int32_t>(T), 7, 0, 0, 0, T, x.data(), y.data()));
+}
