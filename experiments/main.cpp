@@ -5,7 +5,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -37,6 +39,17 @@ bool all_ok(const std::string& error) {
   return false;
 }
 
+// Cores divided among the ranks that share this node, at least one each.
+int default_threads() {
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local = 1;
+  MPI_Comm_size(node, &local);
+  MPI_Comm_free(&node);
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, cores / std::max(1, local));
+}
+
 std::string default_out_dir(const TrainConfig& c) {
   char stamp[32] = {0};
   if (world_rank() == 0) {
@@ -61,6 +74,7 @@ int cmd_train(TrainOptions& opts) {
   }
   if (!all_ok(error)) return 2;
   if (cfg.out.empty()) cfg.out = default_out_dir(cfg);
+  if (cfg.threads == 0) cfg.threads = default_threads();
   if (world_rank() == 0) {
     namespace fs = std::filesystem;
     std::error_code ec;

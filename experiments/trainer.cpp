@@ -1,5 +1,6 @@
 #include "experiments/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -79,7 +80,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
   const bool leader = rank == 0;
   const bool verbose = leader && !cfg.quiet;
 
-  if (cfg.threads > 0) cpu::set_num_threads(cfg.threads);
+  // threads = 0 is resolved by the caller (it knows how many ranks share the node).
+  cpu::set_num_threads(cfg.threads > 0 ? cfg.threads : 1);
 
   GPTModel model(cfg.model, layout.tp_rank, layout.tp);
   model.init(cfg.seed);

@@ -1,0 +1,466 @@
+#!/usr/bin/python3
+"""CPU benchmark driver of lossytp (bench/run.sh calls it; run it with /usr/bin/python3).
+
+Measures, in one run, on gpt-tiny (vocab 4096, seq 256, 4 layers, hidden 256, 4 heads,
+micro-batch 8 = 2,048 tokens per step):
+  - the sgemm peak of lossytp::cpu::sgemm at 1 and 2 threads (build/bench/bench_sgemm_peak);
+  - lossytp, 1 rank, 1 thread           vs  PyTorch (bench/torch_gpt.py), 1 thread;
+  - lossytp, 1 rank, 2 threads          vs  PyTorch, 2 threads            (information);
+  - lossytp TP=2 on 2 ranks x 1 thread  vs  lossytp TP=1, 1 thread       (TP speed-up).
+Each configuration runs `rounds` times, interleaved (A B C D E, A B C D E, ...), so a burst of
+load from something else on the machine hits every configuration alike. A run's step time is the
+median of its steps after the warm-up; a configuration's step time is the best (smallest) of its
+runs' medians. Peak RSS comes from wait4() on the child (its own and its waited-for descendants'
+max RSS: for mpirun that is the largest rank) and, for lossytp, from polling VmHWM of every
+lossytp process under the child (per rank).
+
+While each run lasts, the CPU time that the rest of the machine used is recorded
+("other load", in cores: busy time from /proc/stat minus the run's own CPU time, per wall
+second); a run with more than 0.25 cores of other load is flagged as noisy.
+
+Prints a Markdown table and writes a JSON file (default bench/results/latest.json).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOISY_CORES = 0.25
+TARGET_VS_TORCH = 1.2
+TARGET_TP2 = 1.7
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description="lossytp CPU benchmark (see bench/run.sh)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 round, few iterations")
+    p.add_argument("--build-dir", default=os.path.join(REPO, "build"))
+    p.add_argument("--rounds", type=int, help="runs of each configuration (default 3; quick 1)")
+    p.add_argument("--iters", type=int, help="training steps per run (default 25; quick 10)")
+    p.add_argument("--warmup", type=int, help="steps left out of each median (default 5; quick 3)")
+    p.add_argument("--model", default="gpt-tiny", help="lossytp preset (the PyTorch peer is gpt-tiny-shaped)")
+    p.add_argument("--json", default=os.path.join(REPO, "bench", "results", "latest.json"))
+    p.add_argument("--quiet-wait", type=float,
+                   help="seconds in all (default 180; quick 20) that the driver may spend, before "
+                        "runs, waiting for other processes to leave the CPUs alone")
+    p.add_argument("--only", default="", help="comma list of configs to run: "
+                   "lossytp-1t,torch-1t,lossytp-tp2,lossytp-2t,torch-2t (default: all)")
+    a = p.parse_args()
+    a.build_dir = os.path.abspath(a.build_dir)
+    a.json = os.path.abspath(a.json)
+    a.quiet_wait = a.quiet_wait if a.quiet_wait is not None else (20.0 if a.quick else 180.0)
+    a.rounds = a.rounds or (1 if a.quick else 3)
+    a.iters = a.iters or (10 if a.quick else 25)
+    a.warmup = a.warmup if a.warmup is not None else (3 if a.quick else 5)
+    if a.iters <= a.warmup:
+        p.error("--iters must be larger than --warmup")
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# machine load and process accounting
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times():
+    """(busy, steal) seconds summed over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq = v[:7]
+    steal = v[7] if len(v) > 7 else 0
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
+def children_of():
+    """{ppid: [pid, ...]} for every process."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces: the fields after the last ')' are fixed
+        ppid = int(s[s.rindex(")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def descendants(pid):
+    kids, out, todo = children_of(), [], [pid]
+    while todo:
+        p = todo.pop()
+        for c in kids.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def vm_hwm_kib(pid):
+    """(comm, VmHWM in KiB) of pid, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            comm, hwm = None, None
+            for line in f:
+                if line.startswith("Name:"):
+                    comm = line.split()[1]
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+            return (comm, hwm) if hwm is not None else None
+    except OSError:
+        return None
+
+
+def machine_load(seconds=1.0):
+    """Cores busy on the whole machine over the next `seconds` (the driver itself sleeps)."""
+    b0, _ = cpu_times()
+    time.sleep(seconds)
+    b1, _ = cpu_times()
+    return (b1 - b0) / seconds
+
+
+class QuietWaiter:
+    """Before a run, waits (1 s samples) until the rest of the machine uses < NOISY_CORES cores,
+    spending at most `budget` seconds over the whole benchmark."""
+
+    def __init__(self, budget):
+        self.budget, self.spent = budget, 0.0
+
+    def __call__(self):
+        t0 = time.monotonic()
+        load = machine_load(0.5)
+        while load >= NOISY_CORES and self.spent + (time.monotonic() - t0) < self.budget:
+            load = machine_load(1.0)
+        waited = time.monotonic() - t0
+        self.spent += waited
+        return {"waited_s": waited, "load_before_cores": load}
+
+
+def run_measured(cmd, env, cwd, stdout_path, poll_comm=None):
+    """Runs cmd to completion. Returns wall time, exit code, CPU time and max RSS from wait4,
+    the other load on the machine while it ran, and the VmHWM per process named poll_comm."""
+    busy0, steal0 = cpu_times()
+    t0 = time.monotonic()
+    with open(stdout_path, "w") as out, open(stdout_path + ".err", "w") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
+        hwm = {}
+        status = ru = None
+        while True:
+            pid, st, r = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                status, ru = st, r
+                break
+            if poll_comm:
+                for d in descendants(proc.pid) + [proc.pid]:
+                    got = vm_hwm_kib(d)
+                    if got and got[0] == poll_comm:
+                        hwm[d] = max(hwm.get(d, 0), got[1])
+            time.sleep(0.5)
+    wall = time.monotonic() - t0
+    busy1, steal1 = cpu_times()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    own_cpu = ru.ru_utime + ru.ru_stime
+    return {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "cpu_s": own_cpu,
+        "cpu_util": own_cpu / wall if wall > 0 else 0.0,
+        "wait4_maxrss_mib": ru.ru_maxrss / 1024.0,
+        "polled_vmhwm_mib": sorted(v / 1024.0 for v in hwm.values()),
+        "other_load_cores": max(0.0, (busy1 - busy0) - own_cpu) / wall if wall > 0 else 0.0,
+        "steal_cores": (steal1 - steal0) / wall if wall > 0 else 0.0,
+    }
+
+
+def tail(path, n=15):
+    try:
+        with open(path) as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the measurements
+
+def base_env(threads):
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["OPENBLAS_NUM_THREADS"] = str(threads)
+    env["MKL_NUM_THREADS"] = str(threads)
+    env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+    env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    if threads > 1:
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def sgemm_peak(build, threads, quick, workdir):
+    exe = os.path.join(build, "bench", "bench_sgemm_peak")
+    cmd = [exe, "--threads", str(threads)]
+    if quick:
+        cmd += ["--reps", "3", "--sizes", "1024,1536,2048"]
+    out = os.path.join(workdir, f"sgemm{threads}.json")
+    m = run_measured(cmd, base_env(threads), workdir, out)
+    if m["rc"] != 0:
+        raise RuntimeError(f"bench_sgemm_peak failed (rc {m['rc']}):\n{tail(out + '.err')}")
+    with open(out) as f:
+        res = json.load(f)
+    res["other_load_cores"] = m["other_load_cores"]
+    return res
+
+
+def read_metrics(path, warmup):
+    import h5py
+    with h5py.File(path, "r") as f:
+        steps = [float(x) for x in f["/train/step_time_s"][:]]
+        n_params = int(f.attrs["num_parameters"])
+        cfg = json.loads(f.attrs["config"])
+    timed = steps[warmup:]
+    return {"step_times_s": steps, "median_step_time_s": statistics.median(timed),
+            "min_step_time_s": min(timed), "num_parameters": n_params,
+            "tokens_per_step": int(cfg["global-batch-size"]) * int(cfg["seq-length"]),
+            "config": cfg}
+
+
+def run_lossytp(a, workdir, tag, ranks, threads):
+    exe = os.path.join(a.build_dir, "lossytp")
+    run_dir = os.path.join(workdir, tag)
+    os.makedirs(run_dir, exist_ok=True)
+    train = [exe, "train", "--model", a.model, "--threads", str(threads),
+             "--train-iters", str(a.iters), "--eval-iters", "0", "--log-interval", "5",
+             "--quiet", "--out", os.path.join(run_dir, "out"), "--overwrite"]
+    if ranks > 1:
+        train += ["--tensor-model-parallel-size", str(ranks)]
+        cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + train
+    else:
+        cmd = train  # singleton MPI
+    m = run_measured(cmd, base_env(threads), run_dir, os.path.join(run_dir, "stdout.txt"),
+                     poll_comm="lossytp")
+    if m["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (rc {m['rc']}):\n"
+                           f"{tail(os.path.join(run_dir, 'stdout.txt.err'))}")
+    r = read_metrics(os.path.join(run_dir, "out", "metrics.h5"), a.warmup)
+    r.pop("config")
+    r.update(m)
+    # peak RSS per rank: the largest rank's VmHWM (polled), or wait4's max when polling saw nothing
+    r["peak_rss_mib"] = max(m["polled_vmhwm_mib"]) if m["polled_vmhwm_mib"] else m["wait4_maxrss_mib"]
+    r["command"] = " ".join(cmd)
+    return r
+
+
+def run_torch(a, workdir, tag, threads):
+    run_dir = os.path.join(workdir, tag)
+    os.makedirs(run_dir, exist_ok=True)
+    cmd = ["/usr/bin/python3", os.path.join(REPO, "bench", "torch_gpt.py"), "--threads", str(threads),
+           "--iters", str(a.iters), "--warmup", str(a.warmup)]
+    out = os.path.join(run_dir, "stdout.txt")
+    m = run_measured(cmd, base_env(threads), run_dir, out)
+    if m["rc"] != 0:
+        raise RuntimeError(f"torch_gpt.py failed (rc {m['rc']}):\n{tail(out + '.err')}")
+    with open(out) as f:
+        r = json.loads(f.read().strip().splitlines()[-1])
+    r["self_reported_peak_rss_mib"] = r.pop("peak_rss_mib")
+    r.update(m)
+    r["peak_rss_mib"] = m["wait4_maxrss_mib"]
+    r["command"] = " ".join(cmd)
+    return r
+
+
+CONFIGS = [
+    # key, label, kind, ranks, threads per rank, cores used
+    ("lossytp-1t", "lossytp TP=1, 1 rank x 1 thread", "lossytp", 1, 1),
+    ("torch-1t", "PyTorch, 1 thread", "torch", 1, 1),
+    ("lossytp-tp2", "lossytp TP=2, 2 ranks x 1 thread", "lossytp", 2, 1),
+    ("lossytp-2t", "lossytp TP=1, 1 rank x 2 threads", "lossytp", 1, 2),
+    ("torch-2t", "PyTorch, 2 threads", "torch", 1, 2),
+]
+
+
+def summarise(runs, flops_per_step):
+    """A configuration's figure: the run with the smallest median step time."""
+    best = min(runs, key=lambda r: r["median_step_time_s"])
+    step = best["median_step_time_s"]
+    tokens = best["tokens_per_step"]
+    return {
+        "step_time_s": step,
+        "tokens_per_second": tokens / step,
+        "model_gflops": flops_per_step / step / 1e9,
+        "run_medians_s": [r["median_step_time_s"] for r in runs],
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "other_load_cores": best["other_load_cores"],
+        "max_other_load_cores": max(r["other_load_cores"] for r in runs),
+        "cpu_util": best["cpu_util"],
+        "noisy": best["other_load_cores"] > NOISY_CORES,
+    }
+
+
+def git_state():
+    try:
+        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def fmt_ok(ok):
+    return "MET" if ok else "NOT MET"
+
+
+def main():
+    a = parse_args()
+    only = set(x for x in a.only.split(",") if x) or {c[0] for c in CONFIGS}
+    configs = [c for c in CONFIGS if c[0] in only]
+    workdir = tempfile.mkdtemp(prefix="lossytp-bench-")
+    t_begin = time.monotonic()
+    log = lambda msg: print(f"[{time.monotonic() - t_begin:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    try:
+        log(f"sgemm peak (1 and 2 threads); work dir {workdir}")
+        wait_quiet = QuietWaiter(a.quiet_wait)
+        peak = {}
+        for n in (1, 2):
+            wait_quiet()
+            peak[n] = sgemm_peak(a.build_dir, n, a.quick, workdir)
+        runs = {c[0]: [] for c in configs}
+        for rnd in range(a.rounds):
+            for key, label, kind, ranks, threads in configs:
+                log(f"round {rnd + 1}/{a.rounds}: {label}, {a.iters} steps")
+                tag = f"{key}-r{rnd}"
+                q = wait_quiet()
+                if q["waited_s"] > 1.0:
+                    log(f"    waited {q['waited_s']:.0f} s for other processes (load now {q['load_before_cores']:.2f} cores)")
+                if kind == "lossytp":
+                    r = run_lossytp(a, workdir, tag, ranks, threads)
+                else:
+                    r = run_torch(a, workdir, tag, threads)
+                log(f"    median step {r['median_step_time_s'] * 1e3:.1f} ms, "
+                    f"peak RSS {r['peak_rss_mib']:.0f} MiB, CPU use {r['cpu_util']:.2f} cores, "
+                    f"other load {r['other_load_cores']:.2f} cores")
+                r.update(q)
+                runs[key].append(r)
+    finally:
+        elapsed = time.monotonic() - t_begin
+
+    # model FLOPs per step, as lossytp counts them: (6 N + 12 L T d) per token, N without wpe
+    ref = next(iter(runs.values()))[0]
+    n_params = ref["num_parameters"]
+    T, d, L = 256, 256, 4
+    if "lossytp-1t" in runs:
+        cfg = read_metrics(os.path.join(workdir, "lossytp-1t-r0", "out", "metrics.h5"), a.warmup)["config"]
+        T, d, L = cfg["seq-length"], cfg["hidden-size"], cfg["num-layers"]
+    flops_per_token = 6.0 * (n_params - T * d) + 12.0 * L * T * d
+    flops_per_step = flops_per_token * ref["tokens_per_step"]
+
+    summary = {k: summarise(v, flops_per_step) for k, v in runs.items()}
+    cores = {c[0]: c[3] * c[4] for c in configs}
+    for k, s in summary.items():
+        s["cores"] = cores[k]
+        s["fraction_of_sgemm_peak"] = s["model_gflops"] / peak[min(2, cores[k])]["median_gflops"]
+
+    targets = {}
+    if {"lossytp-1t", "torch-1t"} <= summary.keys():
+        ratio = summary["lossytp-1t"]["tokens_per_second"] / summary["torch-1t"]["tokens_per_second"]
+        targets["lossytp_vs_pytorch_1t"] = {"value": ratio, "target": TARGET_VS_TORCH,
+                                            "met": ratio >= TARGET_VS_TORCH}
+        mem_l, mem_t = summary["lossytp-1t"]["peak_rss_mib"], summary["torch-1t"]["peak_rss_mib"]
+        targets["peak_rss_vs_pytorch_1t"] = {"value": mem_l / mem_t, "lossytp_mib": mem_l,
+                                             "pytorch_mib": mem_t, "target": 1.0, "met": mem_l <= mem_t}
+    if {"lossytp-1t", "lossytp-tp2"} <= summary.keys():
+        sp = summary["lossytp-tp2"]["tokens_per_second"] / summary["lossytp-1t"]["tokens_per_second"]
+        targets["tp2_speedup"] = {"value": sp, "target": TARGET_TP2, "met": sp >= TARGET_TP2}
+    info = {}
+    if {"lossytp-2t", "torch-2t"} <= summary.keys():
+        info["lossytp_vs_pytorch_2t"] = (summary["lossytp-2t"]["tokens_per_second"] /
+                                         summary["torch-2t"]["tokens_per_second"])
+    if {"lossytp-1t", "lossytp-2t"} <= summary.keys():
+        info["lossytp_2t_vs_1t"] = (summary["lossytp-2t"]["tokens_per_second"] /
+                                    summary["lossytp-1t"]["tokens_per_second"])
+    if {"torch-1t", "torch-2t"} <= summary.keys():
+        info["pytorch_2t_vs_1t"] = (summary["torch-2t"]["tokens_per_second"] /
+                                    summary["torch-1t"]["tokens_per_second"])
+
+    torch_ver = next((r[0].get("torch_version") for k, r in runs.items() if k.startswith("torch")), None)
+    result = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "mode": "quick" if a.quick else "full",
+        "git": git_state(),
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "kernel": platform.release(),
+                    "loadavg_at_end": os.getloadavg()},
+        "model": a.model, "tokens_per_step": ref["tokens_per_step"], "num_parameters": n_params,
+        "flops_per_token": flops_per_token, "flops_per_step": flops_per_step,
+        "iters": a.iters, "warmup": a.warmup, "rounds": a.rounds, "torch_version": torch_ver,
+        "sgemm_peak": {str(k): v for k, v in peak.items()},
+        "summary": summary, "targets": targets, "info": info,
+        "runs": runs, "elapsed_s": elapsed,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(result, f, indent=1)
+
+    # ---- report
+    p1, p2 = peak[1]["median_gflops"], peak[2]["median_gflops"]
+    print()
+    print(f"lossytp CPU benchmark, {result['mode']} mode, {result['date']}, git {result['git']}")
+    print(f"{result['machine']['cpu']}, {os.cpu_count()} CPUs; model {a.model}: "
+          f"{ref['tokens_per_step']} tokens/step, {flops_per_step / 1e9:.1f} GFLOP/step "
+          f"({flops_per_token / 1e6:.1f} MFLOP/token)")
+    print(f"{a.rounds} round(s) x {a.iters} steps, median after {a.warmup} warm-up steps, "
+          f"best run of each configuration; PyTorch {torch_ver}")
+    print(f"sgemm peak (lossytp::cpu::sgemm, square N=1024..2048, median): "
+          f"1 thread {p1:.1f} GFLOP/s, 2 threads {p2:.1f} GFLOP/s")
+    print()
+    print("| run | cores | step time (ms) | tokens/s | model GFLOP/s | of sgemm peak | peak RSS/rank (MiB) | other load (cores) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for key, label, *_ in configs:
+        s = summary[key]
+        flag = " (noisy)" if s["noisy"] else ""
+        print(f"| {label} | {s['cores']} | {s['step_time_s'] * 1e3:.0f} | {s['tokens_per_second']:,.0f} | "
+              f"{s['model_gflops']:.1f} | {100 * s['fraction_of_sgemm_peak']:.0f} % | "
+              f"{s['peak_rss_mib']:.0f} | {s['other_load_cores']:.2f}{flag} |")
+    print()
+    if "lossytp_vs_pytorch_1t" in targets:
+        t = targets["lossytp_vs_pytorch_1t"]
+        print(f"lossytp / PyTorch tokens/s, 1 thread:    {t['value']:.2f}x  (target >= {t['target']}x)  {fmt_ok(t['met'])}")
+    if "tp2_speedup" in targets:
+        t = targets["tp2_speedup"]
+        print(f"TP=2 (2 ranks) / TP=1 (1 thread):        {t['value']:.2f}x  (target >= {t['target']}x)  {fmt_ok(t['met'])}")
+    if "peak_rss_vs_pytorch_1t" in targets:
+        t = targets["peak_rss_vs_pytorch_1t"]
+        print(f"peak RSS lossytp / PyTorch, 1 thread:    {t['lossytp_mib']:.0f} / {t['pytorch_mib']:.0f} MiB "
+              f"= {t['value']:.2f}  (target <= 1)  {fmt_ok(t['met'])}")
+    if "lossytp_vs_pytorch_2t" in info:
+        print(f"lossytp / PyTorch tokens/s, 2 threads:   {info['lossytp_vs_pytorch_2t']:.2f}x  (information)")
+    if any(s["noisy"] for s in summary.values()):
+        print(f"\nWARNING: some figures were measured while other processes used > {NOISY_CORES} cores "
+              "(see 'other load'); re-run when the machine is idle.")
+    print(f"\n{elapsed:.0f} s in all; results in {os.path.relpath(a.json, os.getcwd())}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Bad input stops lossytp before training with exit status 2 and exactly one clear message,
+# from every rank count, without an MPI abort or a core dump, and without touching results.
+# usage: bad_inputs.sh path/to/lossytp workdir
+set -u
+L=$1; W=$2
+MPIRUN=${MPIRUN:-mpirun}
+rm -rf "$W"; mkdir -p "$W"; cd "$W"
+fails=0; passes=0
+
+expect_error() {  # expect_error NP "expected text" args...
+  local np=$1 want=$2; shift 2
+  local out rc
+  out=$("$MPIRUN" --oversubscribe --bind-to none -np "$np" "$L" "$@" 2>&1); rc=$?
+  local nerr; nerr=$(grep -c "lossytp: error:" <<<"$out")
+  if [[ $rc -ne 2 ]] || ! grep -qF -- "$want" <<<"$out" || [[ $nerr -ne 1 ]] ||
+     grep -qiE "core dumped|MPI_ABORT|segmentation" <<<"$out"; then
+    echo "FAIL: np=$np $* -> rc=$rc, $nerr error lines, expected '$want'"; echo "$out" | sed 's/^/    /'
+    fails=$((fails+1))
+  else
+    echo "ok: np=$np $* -> $(grep "lossytp: error:" <<<"$out")"
+    passes=$((passes+1))
+  fi
+}
+
+small=(--num-layers 1 --hidden-size 32 --num-attention-heads 4 --seq-length 16 --vocab-size 64 --micro-batch-size 2 --train-iters 2 --quiet)
+
+expect_error 1 "--bogus" train --bogus 1
+expect_error 1 "A subcommand is required"
+expect_error 3 "world size 3 (mpirun -np) is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}"
+expect_error 4 "= 6 ranks, but the world has 4" train --tp 2 --dp 3 "${small[@]}"
+expect_error 2 "--num-attention-heads 3 is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}" --hidden-size 48 --num-attention-heads 3
+expect_error 2 "--vocab-size 63 is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}" --vocab-size 63
+expect_error 1 "--hidden-size 30 is not divisible by --num-attention-heads 4" train "${small[@]}" --hidden-size 30
+expect_error 1 "--lr must be > 0" train "${small[@]}" --lr -1
+expect_error 1 "--train-iters must be >= 1" train "${small[@]}" --train-iters 0
+expect_error 2 "--global-batch-size 3 is not a multiple" train --dp 2 "${small[@]}" --global-batch-size 3
+expect_error 1 "--adam-beta2 must be in [0, 1)" train "${small[@]}" --adam-beta2 1.5
+expect_error 1 "unknown --model preset 'gpt-huge'" train --model gpt-huge
+expect_error 1 "--data-format must be auto, text, uint16 or llmc" train "${small[@]}" --data-format csv
+expect_error 2 "data file $W/missing.txt: does not exist" train "${small[@]}" --data "$W/missing.txt"
+printf 'abc' > odd.bin
+expect_error 2 "odd.bin" train "${small[@]}" --data odd.bin
+python3 - <<'PY'
+import struct
+with open("badver.bin", "wb") as f:
+    f.write(struct.pack("<256i", 20240520, 7, 4, *([0] * 253)) + b"\0" * 8)
+with open("short.txt", "w") as f:
+    f.write("tiny")
+with open("big.bin", "wb") as f:  # tokens up to 999 > vocab 64
+    f.write(struct.pack("<1000H", *range(1000)))
+PY
+expect_error 1 "badver.bin" train "${small[@]}" --data badver.bin
+expect_error 1 "fewer than" train "${small[@]}" --data short.txt --vocab-size 256
+expect_error 1 "has tokens up to 999 but --vocab-size is 64" train "${small[@]}" --data big.bin
+printf 'lr = 0.001\nnot-a-flag = 3\n' > badkey.toml
+expect_error 2 "badkey.toml: unknown key 'not-a-flag'" train --config badkey.toml
+printf 'lr = = 3\n' > syntax.toml
+expect_error 1 "syntax.toml:1" train --config syntax.toml
+expect_error 1 "--config: cannot read 'nope.toml'" train --config nope.toml
+
+# An existing run is never overwritten by accident.
+mkdir -p keep && printf 'precious' > keep/metrics.h5
+expect_error 2 "already exists" train "${small[@]}" --out keep
+[[ $(cat keep/metrics.h5) == precious ]] || { echo "FAIL: keep/metrics.h5 was modified"; fails=$((fails+1)); }
+
+echo "bad inputs: $passes passed, $fails failed"
+[[ $fails -eq 0 ]]
