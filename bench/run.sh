@@ -7,11 +7,18 @@
 # and prints a table (tokens/s, model GFLOP/s, fraction of the sgemm peak, peak RSS, targets).
 # Writes bench/results/latest.json. Details: docs/performance.md.
 #
-# Usage: bash bench/run.sh [--quick] [extra options of bench/run_cpu.py, e.g. --rounds 5]
-#   --quick   smoke run (1 round of 10 steps per configuration, under 2 minutes)
+# Usage: bash bench/run.sh [--quick] [--no-build] [options of bench/run_cpu.py, e.g. --rounds 5]
+#   --quick     smoke run (1 round of 10 steps per configuration, under 2 minutes)
+#   --no-build  use the binaries already built (e.g. while the working tree does not compile)
 # Environment: LOSSYTP_BUILD_DIR (default: build) -- must be (or become) a Release build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+no_build=0
+args=()
+for a in "$@"; do
+  if [[ "$a" == "--no-build" ]]; then no_build=1; else args+=("$a"); fi
+done
 
 PY=/usr/bin/python3   # Debian's python: the one with python3-torch and python3-h5py
 BUILD_DIR=${LOSSYTP_BUILD_DIR:-build}
@@ -37,9 +44,22 @@ if [[ -f "$BUILD_DIR/CMakeCache.txt" ]]; then
     BUILD_DIR=build-release
   fi
 fi
-echo "bench/run.sh: building lossytp (Release) in $BUILD_DIR ..." >&2
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD_DIR" -j2 --target lossytp bench_sgemm_peak >/dev/null
+if (( no_build )); then
+  for exe in "$BUILD_DIR/lossytp" "$BUILD_DIR/bench/bench_sgemm_peak"; do
+    [[ -x "$exe" ]] || { echo "bench/run.sh: --no-build but $exe does not exist" >&2; exit 1; }
+  done
+  echo "bench/run.sh: --no-build: using the binaries already in $BUILD_DIR (they may predate the working tree)" >&2
+  build_status=skipped
+else
+  echo "bench/run.sh: building lossytp (Release) in $BUILD_DIR ..." >&2
+  if ! { cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null &&
+         cmake --build "$BUILD_DIR" -j2 --target lossytp bench_sgemm_peak >/dev/null; }; then
+    echo "bench/run.sh: the build failed (see above). To benchmark the binaries already built, run" >&2
+    echo "  bash bench/run.sh --no-build ${args[*]}" >&2
+    exit 1
+  fi
+  build_status=built
+fi
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-exec "$PY" bench/run_cpu.py --build-dir "$BUILD_DIR" "$@"
+exec "$PY" bench/run_cpu.py --build-dir "$BUILD_DIR" --build-status "$build_status" "${args[@]}"

@@ -3,6 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <toml++/toml.h>
 
+#include "netmodels/netmodel.h"
+
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -41,6 +43,7 @@ nlohmann::json TrainConfig::to_json() const {
   j["data-format"] = data.format;
   j["eval-fraction"] = data.eval_fraction;
   j["data-seed"] = data.seed;
+  j["net"] = net;
   j["out"] = out;
   j["threads"] = threads;
   return j;
@@ -100,6 +103,10 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
                  "fraction of --data held out for eval when --eval-data is not given")
       ->capture_default_str();
   app.add_option("--data-seed", c.data.seed, "seed of the synthetic corpus")->capture_default_str();
+  app.add_option("--net", c.net,
+                 "network model: exact, drop:rate=R, ge:p=..,r=..,k=..,h=.. or ge:preset=NAME, "
+                 "caat:p=P, composed with + (docs/netmodels.md)")
+      ->capture_default_str();
   app.add_option("--out", c.out, "run folder for metrics.h5 (default: runs/<model>-tp<T>-dp<D>-<time>)");
   app.add_option("--threads", c.threads, "compute threads per rank (default: cores / ranks on the node)");
   app.add_flag("--quiet", c.quiet, "no progress lines");
@@ -211,6 +218,7 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   const std::string& f = c.data.format;
   if (f != "auto" && f != "text" && f != "uint16" && f != "llmc")
     bad("--data-format must be auto, text, uint16 or llmc, got '" + f + "'");
+  net::parse_net_spec(c.net);  // throws naming the bad token, before any training
   c.data.vocab_size = c.model.vocab_size;
   return c;
 }

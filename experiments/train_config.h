@@ -34,6 +34,7 @@ struct TrainConfig {
   AdamWConfig adam;
   uint64_t seed = 1234;
   DataOptions data;
+  std::string net = "exact";  // --net SPEC (netmodels/netmodel.h)
   std::string out;  // empty: runs/<model>-tp<tp>-dp<dp>-<time>
   int threads = 0;  // 0: cores / ranks on this node
   bool quiet = false;

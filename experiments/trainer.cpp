@@ -12,6 +12,7 @@
 #include "kernels/cpu/ops.h"
 #include "models/adamw.h"
 #include "models/gpt.h"
+#include "netmodels/netmodel.h"
 #include "sim/layout.h"
 
 namespace lossytp {
@@ -46,25 +47,38 @@ struct Batcher {
   }
 };
 
-// Appends this iteration's traffic per site (this rank's view) under /comm/.
-void log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>& before,
-              const std::map<std::string, SiteCounters>& after, int iteration) {
+// Appends this iteration's traffic per site (this rank's view) under /comm/, and returns the
+// iteration's totals.
+SiteCounters log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>& before,
+                      const std::map<std::string, SiteCounters>& after, int iteration) {
   const size_t rows = m.int_series("comm/iteration") ? m.int_series("comm/iteration")->size() : 0;
   m.append("comm/iteration", iteration);
+  SiteCounters total;
   for (const auto& [site, c] : after) {
     SiteCounters b;
     if (auto f = before.find(site); f != before.end()) b = f->second;
     const std::string base = "comm/" + site + "/";
+    const std::pair<const char*, int64_t> ints[] = {
+        {"calls", c.calls - b.calls},
+        {"messages", c.messages - b.messages},
+        {"bytes", c.bytes - b.bytes},
+        {"packets", c.packets - b.packets},
+        {"packets_exposed", c.packets_exposed - b.packets_exposed},
+        {"packets_lost", c.packets_lost - b.packets_lost},
+        {"retransmissions", c.retransmissions - b.retransmissions},
+        {"elements_filled", c.elements_filled - b.elements_filled}};
     // a site seen for the first time gets zeros for the earlier rows
     while ((m.int_series(base + "calls") ? m.int_series(base + "calls")->size() : 0) < rows) {
-      m.append_int(base + "calls", 0);
-      m.append_int(base + "messages", 0);
-      m.append_int(base + "bytes", 0);
+      for (const auto& [name, v] : ints) m.append_int(base + name, 0);
+      m.append(base + "sim_seconds", 0.0);
     }
-    m.append_int(base + "calls", c.calls - b.calls);
-    m.append_int(base + "messages", c.messages - b.messages);
-    m.append_int(base + "bytes", c.bytes - b.bytes);
+    for (const auto& [name, v] : ints) m.append_int(base + name, v);
+    m.append(base + "sim_seconds", c.sim_seconds - b.sim_seconds);
+    total.packets += c.packets - b.packets;
+    total.packets_lost += c.packets_lost - b.packets_lost;
+    total.sim_seconds += c.sim_seconds - b.sim_seconds;
   }
+  return total;
 }
 
 }  // namespace
@@ -77,13 +91,19 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
   auto groups = make_mpi_groups(run_comm, layout);
   Comm& tp = *groups->tp;
   Comm& dp = *groups->dp;
+  auto net = std::make_shared<const net::NetSpec>(net::parse_net_spec(cfg.net));
+  tp.set_network(net, cfg.seed);
+  dp.set_network(net, cfg.seed);
+  TPOptions tp_opt;
+  tp_opt.caat = net->caat;
+  tp_opt.caat_p = net->caat_p;
   const bool leader = rank == 0;
   const bool verbose = leader && !cfg.quiet;
 
   // threads = 0 is resolved by the caller (it knows how many ranks share the node).
   cpu::set_num_threads(cfg.threads > 0 ? cfg.threads : 1);
 
-  GPTModel model(cfg.model, layout.tp_rank, layout.tp);
+  GPTModel model(cfg.model, layout.tp_rank, layout.tp, tp_opt);
   model.init(cfg.seed);
   ParamStore& params = model.params();
   AdamW opt(params, cfg.adam);
@@ -105,6 +125,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
     metrics->set_attr("version", std::string(LOSSYTP_VERSION));
     metrics->set_attr("num_parameters", static_cast<int64_t>(cfg.model.num_parameters()));
     metrics->set_attr("data_source", corpus.source);
+    metrics->set_attr("net", net->describe());
+    metrics->set_attr("net_stationary_loss_rate", net->stationary_loss_rate());
     if (corpus.entropy_floor) metrics->set_attr("data_entropy_floor", *corpus.entropy_floor);
     metrics->flush();
   }
@@ -115,6 +137,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
     std::printf("data: %s (%zu train / %zu eval tokens, vocab %d)%s\n", corpus.source.c_str(),
                 corpus.train.size(), corpus.val.size(), cfg.model.vocab_size,
                 corpus.entropy_floor ? (", entropy floor " + std::to_string(*corpus.entropy_floor) + " nats").c_str() : "");
+    std::printf("network: %s\n", net->describe().c_str());
     std::printf("output: %s/metrics.h5\n", cfg.out.c_str());
     std::fflush(stdout);
   }
@@ -147,6 +170,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
       train_data.fill(it, m);
       loss_sum += model.step(train_data.x.data(), train_data.y.data(), mb, T, tp, true, grad_scale);
     }
+    model.reduce_partial_grads(tp);
     // Data parallelism: sum the replicas' gradients (each already scaled by 1/global tokens).
     dp.all_reduce(params.grads().data(), params.numel(), "dp.grad");
     // Global gradient norm over the full model: sharded parameters from every TP rank,
@@ -172,9 +196,13 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
       metrics->append("train/lr", lr);
       metrics->append("train/grad_norm", grad_norm);
       metrics->append("train/step_time_s", dt);
-      log_comm(*metrics, comm_before, groups->stats->sites(), iteration);
+      const SiteCounters step = log_comm(*metrics, comm_before, groups->stats->sites(), iteration);
+      metrics->append("train/sim_comm_s", step.sim_seconds);
     }
-    const bool diverged = !std::isfinite(loss) || !std::isfinite(grad_norm);
+    // Under a lossy ring ranks can disagree: stop together when any rank sees a non-finite value.
+    int bad = !std::isfinite(loss) || !std::isfinite(grad_norm);
+    MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, run_comm);
+    const bool diverged = bad != 0;
     const bool last = iteration == cfg.train_iters || diverged;
     const bool do_eval = !diverged && cfg.eval_iters > 0 &&
                          ((cfg.eval_interval > 0 && iteration % cfg.eval_interval == 0) || last);
@@ -213,7 +241,16 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
       break;
     }
   }
+  // Observed loss rate over every message, received by any rank of the run, that the network
+  // model acted on (the messages in its scope).
+  const SiteCounters total = groups->stats->total();
+  double lost[2] = {static_cast<double>(total.packets_lost), static_cast<double>(total.packets_exposed)};
+  MPI_Allreduce(MPI_IN_PLACE, lost, 2, MPI_DOUBLE, MPI_SUM, run_comm);
+  result.observed_loss_rate = lost[1] > 0 ? lost[0] / lost[1] : 0.0;
   if (leader) {
+    metrics->set_attr("observed_loss_rate", result.observed_loss_rate);
+    metrics->set_attr("packets_exposed", static_cast<int64_t>(lost[1]));
+    metrics->set_attr("packets_lost", static_cast<int64_t>(lost[0]));
     metrics->set_attr("status", result.status);
     metrics->flush();
   }

@@ -16,6 +16,7 @@ struct TrainResult {
   std::vector<double> train_loss;  // per iteration (every rank has it)
   std::vector<double> eval_loss;   // per evaluation
   double tokens_per_second = 0.0;
+  double observed_loss_rate = 0.0;  // packets lost / packets exposed to the model, all ranks
 };
 
 // Throws on failure (the caller marks the run failed). Progress lines go to stdout on rank 0.

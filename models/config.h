@@ -24,6 +24,18 @@ struct ModelConfig {
   void validate(int tp) const;
 };
 
+// How tensor-parallel layers communicate. Default: Megatron's exact scheme. caat: CAAT-Net's
+// partial synchronisation (netmodels' caat:p=P): row-parallel outputs all-reduce only their
+// first int(C * caat_p) channels, the rest stays each rank's partial sum scaled by sqrt(tp);
+// column-parallel layers do not all-reduce input gradients; the residual-stream gradient is a
+// per-rank partial sum that one all-reduce at the input of the block stack makes whole; the
+// gradients of replicated LayerNorm parameters and row-parallel biases are summed over TP.
+struct TPOptions {
+  bool caat = false;
+  double caat_p = 1.0;
+  int synced_channels(int C) const { return caat ? static_cast<int>(C * caat_p) : C; }
+};
+
 struct Preset {
   std::string name;
   ModelConfig model;

@@ -6,8 +6,9 @@
 
 namespace lossytp {
 
-GPTModel::GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size)
+GPTModel::GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size, TPOptions opt)
     : cfg_(cfg),
+      opt_(opt),
       store_(tp_rank, tp_size),
       embed_(store_, cfg.vocab_size, cfg.hidden_size, cfg.init_std),
       pos_(store_.declare("pos.weight", {cfg.seq_length, cfg.hidden_size}, -1, Init::Normal,
@@ -17,7 +18,7 @@ GPTModel::GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size)
   // Blocks are declared between the embeddings and the final LayerNorm in the arena; the
   // order only matters for checkpoints, which store parameters by name.
   for (int l = 0; l < cfg.num_layers; ++l)
-    blocks_.push_back(std::make_unique<TransformerBlock>(store_, cfg, l, tp_size));
+    blocks_.push_back(std::make_unique<TransformerBlock>(store_, cfg, l, tp_size, opt));
   store_.allocate();
 }
 
@@ -64,14 +65,38 @@ double GPTModel::step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp
   // backward
   dloss_.fill(grad_scale);
   ce_.backward(logits_.data(), y, dloss_.data(), N, embed_.vocab_local(), embed_.vocab_start());
-  embed_.logits_backward(scratch_.d_norm.data(), logits_.data(), lnf_out_.data(), N, tp);
+  embed_.logits_backward(scratch_.d_norm.data(), logits_.data(), lnf_out_.data(), N, tp, !opt_.caat);
   dres_.zero();
   lnf_.backward(dres_.data(), scratch_.d_norm.data(), res_[L].data(), N);
   for (int l = L - 1; l >= 0; --l)
     blocks_[l]->backward(dres_.data(), res_[l].data(), B, T, tp, scratch_);
+  // Under CAAT the residual gradient is a per-rank partial sum: make it whole once here.
+  if (opt_.caat) tp.all_reduce(dres_.data(), static_cast<size_t>(N) * C, "blocks.input.bwd");
   cpu::position_backward(store_.grad(pos_), dres_.data(), B, T, C);
   embed_.backward(dres_.data(), x, N);
   return loss_sum;
+}
+
+}  // namespace lossytp
+
+namespace lossytp {
+
+void GPTModel::reduce_partial_grads(Comm& tp) {
+  if (!opt_.caat || tp.size() == 1) return;
+  partial_pack_.clear();
+  auto partial = [&](const ParamSpec& s) { return s.shard_dim < 0 && s.name != "pos.weight"; };
+  for (const ParamSpec& s : store_.specs())
+    if (partial(s)) {
+      const float* g = store_.grads().data() + s.offset;
+      partial_pack_.insert(partial_pack_.end(), g, g + s.numel());
+    }
+  tp.all_reduce(partial_pack_.data(), partial_pack_.size(), "replicated.grad");
+  size_t k = 0;
+  for (const ParamSpec& s : store_.specs())
+    if (partial(s)) {
+      float* g = store_.grads().data() + s.offset;
+      for (size_t i = 0; i < s.numel(); ++i) g[i] = partial_pack_[k++];
+    }
 }
 
 }  // namespace lossytp

@@ -17,7 +17,7 @@ namespace lossytp {
 
 class GPTModel {
  public:
-  GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size);
+  GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size, TPOptions opt = {});
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return store_; }
   void init(uint64_t seed) { store_.init(seed); }
@@ -27,10 +27,15 @@ class GPTModel {
   // grad_scale * (sum of token losses) are ACCUMULATED into params().grads().
   double step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp, bool backward,
               float grad_scale);
+  // After the last micro-batch of an iteration: under CAAT, sums the gradients of the
+  // replicated parameters that received per-rank partial gradients (LayerNorms, row-parallel
+  // biases) over TP at site "replicated.grad". No-op otherwise.
+  void reduce_partial_grads(Comm& tp);
 
  private:
   void ensure(int B, int T);
   ModelConfig cfg_;
+  TPOptions opt_;
   ParamStore store_;
   VocabParallelEmbedding embed_;
   int pos_;
@@ -41,6 +46,7 @@ class GPTModel {
   std::vector<Tensor> res_;  // residual stream: res_[0] embeddings, res_[l+1] block l output
   Tensor lnf_out_, logits_, dres_, losses_, dloss_;
   BlockScratch scratch_;
+  std::vector<float> partial_pack_;
 };
 
 }  // namespace lossytp

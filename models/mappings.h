@@ -2,6 +2,7 @@
 // reader sees what moves in forward and in backward at each communication point.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "sim/comm.h"
 
@@ -20,5 +21,12 @@ inline void reduce_from_tp_region_forward(Comm& tp, float* x, size_t n, const st
   tp.all_reduce(x, n, site);
 }
 inline void reduce_from_tp_region_backward() {}
+
+// CAAT-Net's partial_reduce_from_tensor_model_parallel_region, on x = [N, C]: only the first
+// `sync` channels of every row are all-reduced; the others keep this rank's partial sum,
+// multiplied by `scale` (sqrt(tp)). Its backward does the same to the output gradient, so
+// forward and backward share this one function. `pack` is scratch.
+void partial_reduce_from_tp_region(Comm& tp, float* x, int N, int C, int sync, float scale,
+                                   const std::string& site, std::vector<float>& pack);
 
 }  // namespace lossytp

@@ -4,6 +4,9 @@
 //                        all-reduce of the partial sums, with the bias added after the reduce.
 #pragma once
 #include <string>
+#include <vector>
+
+#include "models/config.h"
 
 #include "models/param_store.h"
 #include "sim/comm.h"
@@ -12,37 +15,43 @@ namespace lossytp {
 
 class ColumnParallelLinear {
  public:
-  ColumnParallelLinear(ParamStore& store, const std::string& name, int in, int out, float std);
+  ColumnParallelLinear(ParamStore& store, const std::string& name, int in, int out, float std,
+                       TPOptions opt = {});
   int in() const { return in_; }
   int out_local() const { return out_local_; }
   // y[N, out/tp] = x[N, in] @ W_shard^T + b_shard      (copy_to_tp_region: identity forward)
   void forward(float* y, const float* x, int N);
   // dW, db += ...; dx[N, in] = dy @ W_shard, then all-reduced over TP at site "<name>.bwd"
-  // (copy_to_tp_region backward). dx is overwritten.
+  // (copy_to_tp_region backward; not under CAAT, where dx stays a partial sum). dx is overwritten.
   void backward(float* dx, const float* dy, const float* x, int N, Comm& tp);
 
  private:
   ParamStore& store_;
   int w_, b_, in_, out_local_;
+  TPOptions opt_;
   std::string bwd_site_;
 };
 
 class RowParallelLinear {
  public:
-  RowParallelLinear(ParamStore& store, const std::string& name, int in, int out, float std);
+  RowParallelLinear(ParamStore& store, const std::string& name, int in, int out, float std,
+                    TPOptions opt = {});
   int in_local() const { return in_local_; }
   int out() const { return out_; }
   // y[N, out] = all-reduce over TP of x_shard[N, in/tp] @ W_shard^T, then + b, at site
-  // "<name>.fwd" (reduce_from_tp_region). y is overwritten.
+  // "<name>.fwd" (reduce_from_tp_region; under CAAT the partial reduce). y is overwritten.
   void forward(float* y, const float* x, int N, Comm& tp);
   // dW += dy^T x; db += sum dy; dx_shard = dy @ W_shard (overwritten; identity backward of
-  // the reduce since dy is replicated).
-  void backward(float* dx, const float* dy, const float* x, int N);
+  // the reduce since dy is replicated). Under CAAT, dy is a per-rank partial sum and the
+  // backward of the partial reduce runs first (site "<name>.bwd").
+  void backward(float* dx, const float* dy, const float* x, int N, Comm& tp);
 
  private:
   ParamStore& store_;
   int w_, b_, in_local_, out_;
-  std::string fwd_site_;
+  TPOptions opt_;
+  std::string fwd_site_, bwd_site_;
+  std::vector<float> pack_, dy_;
 };
 
 }  // namespace lossytp

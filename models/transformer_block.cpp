@@ -7,7 +7,7 @@
 namespace lossytp {
 
 TransformerBlock::TransformerBlock(ParamStore& store, const ModelConfig& cfg, int layer,
-                                   int tp_size)
+                                   int tp_size, TPOptions opt)
     : C_(cfg.hidden_size),
       NH_local_(cfg.num_attention_heads / tp_size),
       HD_(cfg.head_dim()),
@@ -17,14 +17,14 @@ TransformerBlock::TransformerBlock(ParamStore& store, const ModelConfig& cfg, in
       // QKV rows are ordered [head, (q,k,v), head_dim], so a contiguous split gives each rank
       // whole heads with their q, k and v.
       qkv_(store, "layer" + std::to_string(layer) + ".attn.qkv", cfg.hidden_size,
-           3 * cfg.hidden_size, cfg.init_std),
+           3 * cfg.hidden_size, cfg.init_std, opt),
       fc1_(store, "layer" + std::to_string(layer) + ".mlp.fc1", cfg.hidden_size, cfg.ffn(),
-           cfg.init_std),
+           cfg.init_std, opt),
       // GPT-2 scales the residual projections by 1/sqrt(2 L).
       proj_(store, "layer" + std::to_string(layer) + ".attn.proj", cfg.hidden_size,
-            cfg.hidden_size, cfg.init_std / std::sqrt(2.0f * cfg.num_layers)),
+            cfg.hidden_size, cfg.init_std / std::sqrt(2.0f * cfg.num_layers), opt),
       fc2_(store, "layer" + std::to_string(layer) + ".mlp.fc2", cfg.ffn(), cfg.hidden_size,
-           cfg.init_std / std::sqrt(2.0f * cfg.num_layers)) {}
+           cfg.init_std / std::sqrt(2.0f * cfg.num_layers), opt) {}
 
 void TransformerBlock::ensure(int N) {
   if (N == N_) return;
@@ -64,12 +64,12 @@ void TransformerBlock::backward(float* dres, const float* x, int B, int T, Comm&
   const size_t NF = static_cast<size_t>(N) * F_local_;
   // MLP: dres is the gradient at x3 = x2 + fc2(...)
   cpu::gelu_forward(s.gelu.data(), fc1_out_.data(), NF);
-  fc2_.backward(s.d_fc.data(), dres, s.gelu.data(), N);
+  fc2_.backward(s.d_fc.data(), dres, s.gelu.data(), N, tp);
   cpu::gelu_backward(s.d_fc.data(), fc1_out_.data(), s.d_fc.data(), NF);
   fc1_.backward(s.d_norm.data(), s.d_fc.data(), ln2_out_.data(), N, tp);
   ln2_.backward(dres, s.d_norm.data(), x2_.data(), N);  // dres is now d x2
   // attention
-  proj_.backward(s.d_att.data(), dres, att_out_.data(), N);
+  proj_.backward(s.d_att.data(), dres, att_out_.data(), N, tp);
   cpu::attention_backward(s.d_qkv.data(), s.d_att.data(), qkv_out_.data(), att_out_.data(),
                           lse_.data(), B, T, NH_local_, HD_);
   qkv_.backward(s.d_norm.data(), s.d_qkv.data(), ln1_out_.data(), N, tp);

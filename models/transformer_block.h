@@ -25,7 +25,8 @@ struct BlockScratch {
 
 class TransformerBlock {
  public:
-  TransformerBlock(ParamStore& store, const ModelConfig& cfg, int layer, int tp_size);
+  TransformerBlock(ParamStore& store, const ModelConfig& cfg, int layer, int tp_size,
+                   TPOptions opt = {});
   // x: [B, T, C] input (kept by the caller until backward); writes out [B, T, C].
   void forward(float* out, const float* x, int B, int T, Comm& tp, BlockScratch& s);
   // dres: [N, C] gradient at the block output, replaced in place by the gradient at its input.

@@ -28,10 +28,10 @@ void VocabParallelEmbedding::logits_forward(float* logits, const float* x, int N
 }
 
 void VocabParallelEmbedding::logits_backward(float* dx, const float* dlogits, const float* x,
-                                             int N, Comm& tp) {
+                                             int N, Comm& tp, bool reduce) {
   cpu::matmul_backward(dx, store_.grad(w_), nullptr, dlogits, x, store_.value(w_), N, C_,
                        vocab_local_);
-  copy_to_tp_region_backward(tp, dx, static_cast<size_t>(N) * C_, "head.bwd");
+  if (reduce) copy_to_tp_region_backward(tp, dx, static_cast<size_t>(N) * C_, "head.bwd");
 }
 
 }  // namespace lossytp

@@ -23,8 +23,10 @@ class VocabParallelEmbedding {
 
   // Output layer: logits[N, V/tp] = x[N, C] @ table_shard^T (x replicated: copy_to_tp_region).
   void logits_forward(float* logits, const float* x, int N);
-  // dtable += dlogits^T x; dx = dlogits @ table_shard, all-reduced over TP at "head.bwd".
-  void logits_backward(float* dx, const float* dlogits, const float* x, int N, Comm& tp);
+  // dtable += dlogits^T x; dx = dlogits @ table_shard, all-reduced over TP at "head.bwd"
+  // unless reduce is false (CAAT keeps it a partial sum).
+  void logits_backward(float* dx, const float* dlogits, const float* x, int N, Comm& tp,
+                       bool reduce = true);
 
  private:
   ParamStore& store_;

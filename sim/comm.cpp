@@ -1,12 +1,37 @@
 #include "sim/comm.h"
 
+#include <algorithm>
+#include <cmath>
+
+#include "sim/ring_collectives.h"
+
 namespace lossytp {
 
-void CommStats::add(const std::string& site, int64_t messages, int64_t bytes) {
-  SiteCounters& c = sites_[site];
-  c.calls += 1;
-  c.messages += messages;
-  c.bytes += bytes;
+namespace {
+const net::LinkParams kDefaultLink{};
+const net::NetSpec kDefaultSpec{};  // packet size and link of runs without --net
+}  // namespace
+
+SiteCounters CommStats::total() const {
+  SiteCounters t;
+  for (const auto& [name, c] : sites_) {
+    t.calls += c.calls;
+    t.messages += c.messages;
+    t.bytes += c.bytes;
+    t.packets += c.packets;
+    t.packets_exposed += c.packets_exposed;
+    t.packets_lost += c.packets_lost;
+    t.retransmissions += c.retransmissions;
+    t.elements_filled += c.elements_filled;
+    t.sim_seconds += c.sim_seconds;
+  }
+  return t;
+}
+
+float* StaleStore::get(const std::string& site, int phase, size_t n) {
+  std::vector<float>& b = bufs_[{site, phase}];
+  if (b.size() < n) b.resize(n, 0.0f);
+  return b.data();
 }
 
 Comm::Comm(std::unique_ptr<Backend> backend, std::string group, std::shared_ptr<CommStats> stats)
@@ -14,48 +39,189 @@ Comm::Comm(std::unique_ptr<Backend> backend, std::string group, std::shared_ptr<
   if (!stats_) stats_ = std::make_shared<CommStats>();
 }
 
+void Comm::set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_seed) {
+  net_ = std::move(spec);
+  seed_ = net_ && net_->has_seed ? net_->seed : run_seed;
+}
+
+Comm::Path Comm::path_for(const std::string& site) const {
+  if (!net_ || net_->lossless() || size() == 1 || !net_->in_scope(group_, site)) return Path::Native;
+  if (net_->transport == net::Transport::Reliable) return Path::Reliable;
+  return net_->mode == net::Mode::Ring ? Path::Ring : Path::Endpoint;
+}
+
+net::Message Comm::message(const std::string& site, net::CollKind kind) const {
+  net::Message m;
+  m.site = site;
+  m.group = group_;
+  m.kind = kind;
+  m.iteration = iteration_;
+  m.call = call_;
+  return m;
+}
+
+void Comm::count_native(SiteCounters& c, int64_t hops, size_t bytes_per_hop, bool packets) const {
+  const net::LinkParams& link = net_ ? net_->link : kDefaultLink;
+  c.messages += hops;
+  c.bytes += hops * static_cast<int64_t>(bytes_per_hop);
+  if (packets) c.packets += hops * static_cast<int64_t>((net_ ? *net_ : kDefaultSpec).packet_count(bytes_per_hop));
+  c.sim_seconds += hops * (link.latency_s + bytes_per_hop / link.bandwidth_Bps);
+}
+
+void Comm::count_reliable(SiteCounters& c, const std::string& site, net::CollKind kind, int hops,
+                          size_t bytes_per_hop) {
+  const int p = size(), r = rank();
+  for (int h = 0; h < hops; ++h) {
+    net::Message m = message(site, kind);
+    m.src = (r + p - 1) % p;
+    m.dst = r;
+    m.hop = h;
+    m.bytes = bytes_per_hop;
+    net::DeliveryPlan plan = net_->plan(m, seed_);
+    c.messages += 1;
+    c.bytes += static_cast<int64_t>(bytes_per_hop);
+    c.packets += static_cast<int64_t>(plan.packets);
+    c.packets_exposed += static_cast<int64_t>(plan.packets);
+    c.retransmissions += static_cast<int64_t>(plan.retransmissions);
+    c.sim_seconds += plan.seconds;
+  }
+}
+
+void Comm::mask_contribution(float* buf, size_t n, const std::string& site, net::CollKind kind,
+                             SiteCounters& c) {
+  net::Message m = message(site, kind);
+  m.src = rank();
+  m.dst = -1;
+  m.bytes = n * sizeof(float);
+  net::DeliveryPlan plan = net_->plan(m, seed_);
+  c.packets += static_cast<int64_t>(plan.packets);
+  c.packets_exposed += static_cast<int64_t>(plan.packets);
+  c.packets_lost += static_cast<int64_t>(plan.lost);
+  // A masked contribution has no receiver-side value to keep: local behaves as zero.
+  net::Fill fill = net_->fill == net::Fill::Local ? net::Fill::Zero : net_->fill;
+  float* stale = fill == net::Fill::Stale ? stale_.get(site, 2, n) : nullptr;
+  const float rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - net_->stationary_loss_rate()));
+  if (fill == net::Fill::Rescale) {
+    // delivered elements are scaled (unbiased sum), lost ones contribute zero
+    for (size_t i = 0; i < n; ++i) buf[i] *= rescale;
+    fill = net::Fill::Zero;
+  }
+  // Apply the plan in place: the "received" block is the contribution itself.
+  std::vector<float> copy(buf, buf + n);
+  std::fill(buf, buf + n, 0.0f);
+  c.elements_filled += static_cast<int64_t>(
+      apply_delivery(buf, copy.data(), n, plan, fill, false, ReduceOp::Sum, 1.0f, stale));
+}
+
 void Comm::all_reduce(float* buf, size_t n, const std::string& site, ReduceOp op) {
-  const int64_t p = size();
+  const int p = size();
   ++call_;
   if (p == 1) return;
-  // Ring all-reduce: p-1 reduce-scatter hops then p-1 all-gather hops of ceil(n/p) elements.
-  const int64_t block = (static_cast<int64_t>(n) + p - 1) / p;
-  stats_->add(site, 2 * (p - 1), 2 * (p - 1) * block * static_cast<int64_t>(sizeof(float)));
-  backend_->all_reduce(buf, n, op);
+  SiteCounters& c = stats_->site(site);
+  c.calls += 1;
+  const size_t block_bytes = (n + p - 1) / p * sizeof(float);
+  switch (path_for(site)) {
+    case Path::Native:
+      count_native(c, 2 * (p - 1), block_bytes);
+      backend_->all_reduce(buf, n, op);
+      break;
+    case Path::Reliable:
+      count_reliable(c, site, net::CollKind::AllReduce, 2 * (p - 1), block_bytes);
+      backend_->all_reduce(buf, n, op);
+      break;
+    case Path::Endpoint:
+      count_native(c, 2 * (p - 1), block_bytes, false);
+      mask_contribution(buf, n, site, net::CollKind::AllReduce, c);
+      backend_->all_reduce(buf, n, op);
+      break;
+    case Path::Ring: {
+      HopContext ctx{*backend_, net_.get(), message(site, net::CollKind::AllReduce), seed_, &stale_, c};
+      ring_all_reduce(ctx, buf, n, op);
+      break;
+    }
+  }
 }
 
-void Comm::all_gather(const float* in, float* out, size_t n_per_rank, const std::string& site) {
-  const int64_t p = size();
+void Comm::all_reduce_as_ring(float* buf, size_t n, const std::string& site, ReduceOp op) {
   ++call_;
-  stats_->add(site, p - 1, (p - 1) * static_cast<int64_t>(n_per_rank * sizeof(float)));
-  backend_->all_gather(in, out, n_per_rank);
+  if (size() == 1) return;
+  SiteCounters& c = stats_->site(site);
+  c.calls += 1;
+  const bool lossy = path_for(site) == Path::Ring;
+  HopContext ctx{*backend_, lossy ? net_.get() : nullptr, message(site, net::CollKind::AllReduce), seed_,
+                 &stale_, c};
+  lossytp::ring_all_reduce(ctx, buf, n, op);
 }
 
-void Comm::reduce_scatter(const float* in, float* out, size_t n_per_rank,
-                          const std::string& site) {
-  const int64_t p = size();
+void Comm::all_gather(const float* in, float* out, size_t m, const std::string& site) {
+  const int p = size();
   ++call_;
-  stats_->add(site, p - 1, (p - 1) * static_cast<int64_t>(n_per_rank * sizeof(float)));
-  backend_->reduce_scatter(in, out, n_per_rank);
+  if (p == 1) { std::copy(in, in + m, out); return; }
+  SiteCounters& c = stats_->site(site);
+  c.calls += 1;
+  switch (path_for(site)) {
+    case Path::Native:
+      count_native(c, p - 1, m * sizeof(float));
+      backend_->all_gather(in, out, m);
+      break;
+    case Path::Reliable:
+      count_reliable(c, site, net::CollKind::AllGather, p - 1, m * sizeof(float));
+      backend_->all_gather(in, out, m);
+      break;
+    case Path::Endpoint: {
+      count_native(c, p - 1, m * sizeof(float), false);
+      std::vector<float> mine(in, in + m);
+      mask_contribution(mine.data(), m, site, net::CollKind::AllGather, c);
+      backend_->all_gather(mine.data(), out, m);
+      break;
+    }
+    case Path::Ring: {
+      HopContext ctx{*backend_, net_.get(), message(site, net::CollKind::AllGather), seed_, &stale_, c};
+      ring_all_gather(ctx, in, out, m);
+      break;
+    }
+  }
+}
+
+void Comm::reduce_scatter(const float* in, float* out, size_t m, const std::string& site) {
+  const int p = size();
+  ++call_;
+  if (p == 1) { std::copy(in, in + m, out); return; }
+  SiteCounters& c = stats_->site(site);
+  c.calls += 1;
+  switch (path_for(site)) {
+    case Path::Native:
+      count_native(c, p - 1, m * sizeof(float));
+      backend_->reduce_scatter(in, out, m);
+      break;
+    case Path::Reliable:
+      count_reliable(c, site, net::CollKind::ReduceScatter, p - 1, m * sizeof(float));
+      backend_->reduce_scatter(in, out, m);
+      break;
+    case Path::Endpoint: {
+      count_native(c, p - 1, m * sizeof(float), false);
+      std::vector<float> mine(in, in + m * p);
+      mask_contribution(mine.data(), m * p, site, net::CollKind::ReduceScatter, c);
+      backend_->reduce_scatter(mine.data(), out, m);
+      break;
+    }
+    case Path::Ring: {
+      HopContext ctx{*backend_, net_.get(), message(site, net::CollKind::ReduceScatter), seed_, &stale_, c};
+      ring_reduce_scatter(ctx, in, out, m);
+      break;
+    }
+  }
 }
 
 void Comm::broadcast(float* buf, size_t n, int root, const std::string& site) {
-  const int64_t p = size();
+  const int p = size();
   ++call_;
   if (p == 1) return;
-  if (rank() == root) stats_->add(site, p - 1, (p - 1) * static_cast<int64_t>(n * sizeof(float)));
+  // Broadcasts carry no model traffic (they distribute configuration); never lossy.
+  SiteCounters& c = stats_->site(site);
+  c.calls += 1;
+  if (rank() == root) count_native(c, p - 1, n * sizeof(float));
   backend_->broadcast(buf, n * sizeof(float), root);
-}
-
-void Comm::send(const float* buf, size_t n, int dst, const std::string& site) {
-  ++call_;
-  stats_->add(site, 1, static_cast<int64_t>(n * sizeof(float)));
-  backend_->send(buf, n * sizeof(float), dst, 0);
-}
-
-void Comm::recv(float* buf, size_t n, int src, const std::string& site) {
-  ++call_;
-  backend_->recv(buf, n * sizeof(float), src, 0);
 }
 
 }  // namespace lossytp

@@ -1,38 +1,64 @@
 // Comm: the communicator model code talks to. Every call names its site ("layer3.mlp.fc2.fwd",
 // "dp.grad"), is counted per site, and goes through the Backend of its group. This is the one
-// place where a network model (netmodels/) will act on every message of every collective.
+// place where the network model (netmodels/) acts on every message of every collective:
+//  - no model, a lossless model, or a site outside the model's scope: the backend's native
+//    collective (no slowdown), with the traffic and link time it would take counted;
+//  - mode=ring: the collective runs as the ring algorithm hop by hop over point-to-point
+//    messages, and each hop's packets pass through the model (sim/ring_collectives.h);
+//  - mode=endpoint: each rank's contribution is masked once, then the native collective.
 #pragma once
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "netmodels/netmodel.h"
 #include "sim/backend.h"
 
 namespace lossytp {
 
 // Traffic of one site as this rank sees it. Messages and bytes are what this rank puts on the
 // wire when the collective runs as the ring algorithm NCCL uses (all-reduce: 2(p-1) messages of
-// n/p elements; all-gather and reduce-scatter: p-1 messages of one block).
+// n/p elements; all-gather and reduce-scatter: p-1 messages of one block). Packets, losses and
+// fills count the messages this rank receives (endpoint mode: its own masked contribution).
 struct SiteCounters {
   int64_t calls = 0;
   int64_t messages = 0;
   int64_t bytes = 0;
+  int64_t packets = 0;
+  int64_t packets_exposed = 0;  // packets the network model acted on (in scope)
+  int64_t packets_lost = 0;
+  int64_t retransmissions = 0;
+  int64_t elements_filled = 0;
+  double sim_seconds = 0.0;  // simulated time on the links, hops in sequence
 };
 
 class CommStats {
  public:
-  void add(const std::string& site, int64_t messages, int64_t bytes);
+  SiteCounters& site(const std::string& name) { return sites_[name]; }
   const std::map<std::string, SiteCounters>& sites() const { return sites_; }
   void clear() { sites_.clear(); }
+  // Totals over every site.
+  SiteCounters total() const;
 
  private:
   std::map<std::string, SiteCounters> sites_;
 };
 
+// Values that last arrived at each position of a site, for fill=stale.
+class StaleStore {
+ public:
+  // A buffer of n floats for (site, phase), zero the first time it is asked for.
+  float* get(const std::string& site, int phase, size_t n);
+
+ private:
+  std::map<std::pair<std::string, int>, std::vector<float>> bufs_;
+};
+
 class Comm {
  public:
-  // group: "tp" or "dp" (prefix of scopes); stats may be shared by several Comms of a rank.
+  // group: "tp" or "dp" (scopes name it); stats may be shared by several Comms of a rank.
   Comm(std::unique_ptr<Backend> backend, std::string group, std::shared_ptr<CommStats> stats);
 
   int rank() const { return backend_->rank(); }
@@ -41,8 +67,13 @@ class Comm {
   Backend& backend() { return *backend_; }
   CommStats& stats() { return *stats_; }
 
+  // The network model for every later call (nullptr: exact). run_seed keys its randomness
+  // unless the spec has its own seed=.
+  void set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_seed);
+  const net::NetSpec* network() const { return net_.get(); }
+
   // The iteration about to run; resets the per-step call index that, with the site, names a
-  // message uniquely (the network models' randomness is keyed by it).
+  // message uniquely (the network model's randomness is keyed by it).
   void begin_step(int64_t iteration) { iteration_ = iteration; call_ = 0; }
   int64_t iteration() const { return iteration_; }
 
@@ -50,13 +81,31 @@ class Comm {
   void all_gather(const float* in, float* out, size_t n_per_rank, const std::string& site);
   void reduce_scatter(const float* in, float* out, size_t n_per_rank, const std::string& site);
   void broadcast(float* buf, size_t n, int root, const std::string& site);
-  void send(const float* buf, size_t n, int dst, const std::string& site);
-  void recv(float* buf, size_t n, int src, const std::string& site);
+
+  // The ring algorithm even when the model is exact (tests compare it with the native one).
+  void all_reduce_as_ring(float* buf, size_t n, const std::string& site, ReduceOp op = ReduceOp::Sum);
 
  private:
+  // How a call at `site` is carried out.
+  enum class Path { Native, Ring, Endpoint, Reliable };
+  Path path_for(const std::string& site) const;
+  net::Message message(const std::string& site, net::CollKind kind) const;
+  // Counts an exact (native) collective: messages, bytes, link time (and packets unless the
+  // caller counts them from a mask) of `hops` messages of `bytes_per_hop` each.
+  void count_native(SiteCounters& c, int64_t hops, size_t bytes_per_hop, bool packets = true) const;
+  // Masks this rank's own contribution once (endpoint mode) and counts it.
+  void mask_contribution(float* buf, size_t n, const std::string& site, net::CollKind kind,
+                         SiteCounters& c);
+  // Simulated time of `hops` received messages under reliable transport (data stays exact).
+  void count_reliable(SiteCounters& c, const std::string& site, net::CollKind kind, int hops,
+                      size_t bytes_per_hop);
+
   std::unique_ptr<Backend> backend_;
   std::string group_;
   std::shared_ptr<CommStats> stats_;
+  std::shared_ptr<const net::NetSpec> net_;
+  uint64_t seed_ = 0;
+  StaleStore stale_;
   int64_t iteration_ = 0;
   int64_t call_ = 0;
 };

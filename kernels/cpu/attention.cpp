@@ -1,27 +1,32 @@
 // Causal multi-head self-attention, fused, flash-attention style (Dao et al. 2022).
 //
 // Work is split over (batch, head) pairs with OpenMP; one thread does all of a head, so the
-// result does not depend on the thread count. For a head, q/k/v are first gathered from the
-// interleaved [B, T, NH, 3, HD] layout into contiguous per-head buffers, padded with zeros to
-// Tp = T rounded up to the tile (64) and Dp = HD rounded up to 16 floats (one AVX-512 vector):
-//   Qs  [Tp, Dp]          q * 1/sqrt(HD) (the softmax scale folded in once)
-//   Kt  [Tp/64][Dp][64]   k transposed, one contiguous block per key tile
-//   V   [Tp, Dp]
+// result does not depend on the thread count. A head's vectors are first gathered from the
+// interleaved layouts into contiguous buffers, zero-padded to Tp = T rounded up to the tile
+// (64 tokens) and Dp = HD rounded up to 16 floats (one AVX-512 vector):
+//   Qs = q / sqrt(HD) (the softmax scale folded in once), K, V, dO   [Tp, Dp] row-major,
+//   Qt, dOt = Qs and dO transposed, tile by tile                     [Tp/64][Dp][64].
 // Zero padding is harmless: padded keys lie above the causal diagonal of every real query, and
 // padded queries are computed but never written out (their dO is zero in the backward).
 //
-// Forward, for each query tile i and key tile j <= i:
-//   S = Qs_i Kt_j; online softmax over the key tiles (running max m, running sum l, the output
-//   accumulator rescaled by exp(m_old - m_new)); O_i += P V_j; finally O_i /= l,
+// Scores are formed transposed, S^T = K_j Qs_i^T (keys x queries), for each query tile i and
+// key tile j <= i. With the queries along the rows of a tile, the softmax max and sum of each
+// query are vertical vector operations (no horizontal reductions).
+// Forward: online softmax over the key tiles (running max m and sum l of each query; the
+//   output accumulator rescaled by exp(m_old - m_new)); O_i += P V_j; finally O_i /= l and
 //   lse = m + log l.
 // Backward, with D = rowsum(dO * O) and P recomputed from lse:
-//   dV_j += P^T dO_i; dP = dO_i V_j^T; dS = P * (dP - D); dQ_i += dS K_j; dK_j += dS^T Qs_i
-//   (dQ is scaled by 1/sqrt(HD) at the end; dK needs no scale since Qs already has it).
+//   P^T = exp(K_j Qs_i^T - lse); dV_j += P^T dO_i; dP^T = V_j dO_i^T; dS^T = P^T * (dP^T - D);
+//   dQ_i += dS K_j; dK_j += dS^T Qs_i (dQ is scaled by 1/sqrt(HD) at the end; dK needs no
+//   scale since Qs has it).
 //
-// All the tile products are C (+)= A B with B row-major and contiguous: A is read one element
-// at a time (broadcast), so A^T costs nothing. They run on one register-blocked micro-kernel
-// (4 rows x up to 64 columns = 16 AVX-512 accumulators). On diagonal tiles the products skip
-// the blocks above the diagonal, so the causal half costs about half.
+// Every tile product is C (+)= A B with B row-major and contiguous: A is read one element at a
+// time (broadcast), so A^T costs nothing. They all run on one register-blocked micro-kernel
+// (4 rows x up to 64 columns = 16 AVX-512 accumulators, ~115 GFLOP/s on one Zen 4 core). On a
+// diagonal tile the products skip the blocks above the diagonal, so it costs about half.
+// The gathers and scatters touch a new 4 KiB page every token or two, which the hardware
+// prefetchers do not follow: software prefetches for the next head's inputs and this head's
+// outputs are spread over the arithmetic (PrefetchQueue).
 #include "kernels/cpu/ops.h"
 
 #include <algorithm>
@@ -50,48 +55,104 @@ constexpr int kVec = 16;   // floats per vector (one zmm)
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-// exp(x) in float, Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r,
-// 2^n by exponent bits. Error ~2 ulp for normal results; exp(x) = 0 below -87.3 (and for
-// -inf); the input is clamped at 88.376 (no inf). Plain C++ so that gcc vectorises it in
-// `omp simd` loops. (Same code as in gelu.cpp and cross_entropy.cpp: kernels/cpu has no
-// shared private header.)
-inline float fast_expf(float x) {
-  x = std::min(x, 88.3762626f);  // the largest x with round(x log2 e) <= 127
-  const bool underflow = x < -87.33f;
-  x = std::max(x, -87.33f);
-  const float t = x * 1.44269504088896341f + 12582912.0f;  // round(x log2 e) + 1.5 * 2^23
+// ---- exp(x) in float, Cephes-style. (The same code is in gelu.cpp, cross_entropy.cpp and
+// attention.cpp: kernels/cpu has no shared private header.)
+// x = n ln2 + r with |r| <= ln2/2 (ln2 split in a short high part and a low part, so n ln2 is
+// exact), e^r by a degree-6 polynomial, times 2^n. Max relative error 1.2e-7 (~1 ulp) on
+// [-87, 88]; +inf above ~88.7; 0 (or a subnormal) below ~-87.3; NaN gives NaN.
+// exp16 does 16 at a time with AVX-512 (vscalefps for the 2^n, ~15 instructions in all);
+// exp_scalar is for remainders and for builds without AVX-512.
+constexpr float kExpLo = -104.0f, kExpHi = 104.0f;  // input clamp: keeps n finite
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
+                kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+
+inline float exp_scalar(float x) {
+  x = x < kExpLo ? kExpLo : x;  // written so that NaN passes through
+  x = x > kExpHi ? kExpHi : x;
+  const float t = x * kLog2e + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
   const float n = t - 12582912.0f;
-  const int32_t ni = std::bit_cast<int32_t>(t) - 0x4B400000;
-  float r = x - n * 0.693359375f;  // Cody-Waite: ln2 split in a short hi part and a lo part
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  int32_t ni = std::bit_cast<int32_t>(t) - 0x4B400000;
+  float r = x - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  float p = kP0;
+  p = p * r + kP1;
+  p = p * r + kP2;
+  p = p * r + kP3;
+  p = p * r + kP4;
+  p = p * r + kP5;
   p = p * (r * r) + r + 1.0f;
-  const float scale = std::bit_cast<float>((ni + 127) << 23);
-  return underflow ? 0.0f : p * scale;
+  ni = ni < -127 ? -127 : (ni > 128 ? 128 : ni);  // 2^-127 -> 0 (flush), 2^128 -> inf
+  return p * std::bit_cast<float>((ni + 127) << 23);
 }
 
-// 64-byte aligned, zero-initialised float buffer.
-class Buffer {
+#if defined(__AVX512F__)
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(kExpLo), x);  // max/min return the 2nd operand on NaN
+  x = _mm512_min_ps(_mm512_set1_ps(kExpHi), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kP0);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP1));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
+// Per-thread scratch memory, kept between calls: allocating and zeroing the per-head buffers
+// (~0.6 MB for a 256-token head) at every call costs page faults that show at small B * NH.
+// The buffers rely on zero padding (rows >= T, columns >= HD), which the code never writes, so
+// the memory is zeroed whenever it is (re)allocated or the padded layout (T, HD) changes.
+class Workspace {
  public:
-  explicit Buffer(size_t n) {
-    const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
-    p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (p_ == nullptr) std::abort();
-    std::memset(p_, 0, bytes);
+  ~Workspace() { std::free(p_); }
+  // n floats, 64-byte aligned, valid until the next call on this thread.
+  float* get(size_t n, int T, int HD) {
+    if (n > cap_) {
+      std::free(p_);
+      const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (p_ == nullptr) std::abort();
+      cap_ = n;
+      T_ = -1;
+    }
+    if (T != T_ || HD != HD_) {
+      std::memset(p_, 0, cap_ * sizeof(float));
+      T_ = T;
+      HD_ = HD;
+    }
+    return p_;
   }
-  ~Buffer() { std::free(p_); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  float* get() const { return p_; }
+
+ private:
+  float* p_ = nullptr;
+  size_t cap_ = 0;
+  int T_ = -1, HD_ = -1;
+};
+
+// Carves consecutive 64-byte aligned pieces out of a workspace.
+class Carver {
+ public:
+  explicit Carver(float* base) : p_(base) {}
+  float* take(size_t n) {
+    float* r = p_;
+    p_ += (n + kVec - 1) / kVec * kVec;
+    return r;
+  }
 
  private:
   float* p_;
 };
+
+inline size_t padded(size_t n) { return (n + kVec - 1) / kVec * kVec; }
+
+thread_local Workspace fwd_workspace, bwd_workspace;
 
 // C[kMR, 16*NV] (+)= sum_{k in [kb, ke)} A(r, k) * B[k, :], A(r, k) = A[r*ars + k*acs].
 template <int NV>
@@ -159,9 +220,10 @@ class RowPrefetcher {
   // Prefetches up to n more lines; returns how many it did.
   int issue(int n) {
     int done = 0;
-    for (; done < n && pos_ < total_lines(); ++done, ++pos_) {
-      const char* p = base_ + (pos_ / lines_per_row_) * stride_ + (pos_ % lines_per_row_) * 64;
+    for (; done < n && row_ < rows_; ++done) {
+      const char* p = base_ + row_ * stride_ + line_ * 64;
       if (write_) __builtin_prefetch(p, 1, 2); else __builtin_prefetch(p, 0, 2);
+      if (++line_ == lines_per_row_) line_ = 0, ++row_;
     }
     return done;
   }
@@ -169,7 +231,7 @@ class RowPrefetcher {
  private:
   const char* base_ = nullptr;
   size_t stride_ = 0;
-  int lines_per_row_ = 0, rows_ = 0, pos_ = 0;
+  int lines_per_row_ = 0, rows_ = 0, row_ = 0, line_ = 0;
   bool write_ = false;
 };
 
@@ -212,7 +274,9 @@ enum class Tri {
 };
 
 // C[M, N] (+)= A(M x K) B[K, N] with M a multiple of kMR and N a multiple of kVec.
-void tile_gemm(int M, int N, int K, const float* A, ptrdiff_t ars, ptrdiff_t acs,
+// Not inlined: inside the big attention loops gcc runs out of registers for the micro-kernel
+// and spills an accumulator (~10% slower).
+__attribute__((noinline)) void tile_gemm(int M, int N, int K, const float* A, ptrdiff_t ars, ptrdiff_t acs,
                const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc, bool accumulate,
                Tri tri, PrefetchQueue& pq) {
   for (int r0 = 0; r0 < M; r0 += kMR) {
@@ -319,10 +383,45 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 template <bool kDiag>
 void online_softmax_tile(float* st, float* m, float* l, float* o, int Dp) {
   alignas(64) float mnew[kTile], lsum[kTile];
+#if defined(__AVX512F__)
+  static_assert(kTile == 4 * kVec);
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512i qidx[4];
+  __m512 mx[4], sum[4];
+  for (int v = 0; v < 4; ++v) {
+    qidx[v] = _mm512_add_epi32(lane, _mm512_set1_epi32(v * kVec));
+    mx[v] = _mm512_loadu_ps(m + v * kVec);
+    sum[v] = _mm512_setzero_ps();
+  }
+  for (int k = 0; k < kTile; ++k) {
+    const float* row = st + k * kTile;
+    for (int v = 0; v < 4; ++v) {
+      const __m512 x = _mm512_loadu_ps(row + v * kVec);
+      if (kDiag) {  // valid where q >= k
+        const __mmask16 ok = _mm512_cmpge_epi32_mask(qidx[v], _mm512_set1_epi32(k));
+        mx[v] = _mm512_mask_max_ps(mx[v], ok, x, mx[v]);
+      } else {
+        mx[v] = _mm512_max_ps(x, mx[v]);
+      }
+    }
+  }
+  for (int k = 0; k < kTile; ++k) {
+    float* row = st + k * kTile;
+    for (int v = 0; v < 4; ++v) {
+      __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(row + v * kVec), mx[v]));
+      if (kDiag) p = _mm512_maskz_mov_ps(_mm512_cmpge_epi32_mask(qidx[v], _mm512_set1_epi32(k)), p);
+      _mm512_storeu_ps(row + v * kVec, p);
+      sum[v] = _mm512_add_ps(sum[v], p);
+    }
+  }
+  for (int v = 0; v < 4; ++v) {
+    _mm512_store_ps(mnew + v * kVec, mx[v]);
+    _mm512_store_ps(lsum + v * kVec, sum[v]);
+  }
+#else
   for (int q = 0; q < kTile; ++q) mnew[q] = m[q], lsum[q] = 0.0f;
   for (int k = 0; k < kTile; ++k) {
     const float* row = st + k * kTile;
-#pragma omp simd
     for (int q = 0; q < kTile; ++q) {
       const float v = (kDiag && q < k) ? -kInf : row[q];
       mnew[q] = v > mnew[q] ? v : mnew[q];
@@ -330,16 +429,16 @@ void online_softmax_tile(float* st, float* m, float* l, float* o, int Dp) {
   }
   for (int k = 0; k < kTile; ++k) {
     float* row = st + k * kTile;
-#pragma omp simd
     for (int q = 0; q < kTile; ++q) {
-      const float p = (kDiag && q < k) ? 0.0f : fast_expf(row[q] - mnew[q]);
+      const float p = (kDiag && q < k) ? 0.0f : exp_scalar(row[q] - mnew[q]);
       row[q] = p;
       lsum[q] += p;
     }
   }
+#endif
   for (int q = 0; q < kTile; ++q) {
     if (mnew[q] != m[q]) {
-      const float corr = fast_expf(m[q] - mnew[q]);  // 0 on the first tile (m = -inf)
+      const float corr = m[q] == -kInf ? 0.0f : exp_scalar(m[q] - mnew[q]);
       l[q] *= corr;
       m[q] = mnew[q];
       float* orow = o + static_cast<size_t>(q) * Dp;
@@ -353,11 +452,28 @@ void online_softmax_tile(float* st, float* m, float* l, float* o, int Dp) {
 // P^T = exp(S^T - lse) in place (0 above the diagonal); st[k][q], L[q] = lse of query q.
 template <bool kDiag>
 void probs_tile(float* st, const float* L) {
+#if defined(__AVX512F__)
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512 lv[4];
+  __m512i qidx[4];
+  for (int v = 0; v < 4; ++v) {
+    lv[v] = _mm512_loadu_ps(L + v * kVec);
+    qidx[v] = _mm512_add_epi32(lane, _mm512_set1_epi32(v * kVec));
+  }
   for (int k = 0; k < kTile; ++k) {
     float* row = st + k * kTile;
-#pragma omp simd
-    for (int q = 0; q < kTile; ++q) row[q] = (kDiag && q < k) ? 0.0f : fast_expf(row[q] - L[q]);
+    for (int v = 0; v < 4; ++v) {
+      __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(row + v * kVec), lv[v]));
+      if (kDiag) p = _mm512_maskz_mov_ps(_mm512_cmpge_epi32_mask(qidx[v], _mm512_set1_epi32(k)), p);
+      _mm512_storeu_ps(row + v * kVec, p);
+    }
   }
+#else
+  for (int k = 0; k < kTile; ++k) {
+    float* row = st + k * kTile;
+    for (int q = 0; q < kTile; ++q) row[q] = (kDiag && q < k) ? 0.0f : exp_scalar(row[q] - L[q]);
+  }
+#endif
 }
 
 // dS^T = P^T * (dP^T - D) in place on dpt (0 above the diagonal); D[q] = rowsum(dO * O).
@@ -383,17 +499,23 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 
 #pragma omp parallel
   {
-    Buffer qt(d.head_elems()), kk(d.head_elems()), vv(d.head_elems()), tmp(d.head_elems());
-    Buffer sbuf(kTile * kTile), oacc(tile_elems);
+    const size_t he = d.head_elems();
+    Carver ws(fwd_workspace.get(4 * he + kTile * kTile + tile_elems, T, HD));
+    float* const qt = ws.take(he);
+    float* const kk = ws.take(he);
+    float* const vv = ws.take(he);
+    float* const tmp = ws.take(he);
+    float* const s = ws.take(kTile * kTile);
+    float* const o = ws.take(tile_elems);
     alignas(64) float m[kTile], l[kTile];
 
 #pragma omp for schedule(static)
     for (int bh = 0; bh < nheads; ++bh) {
       const int b = bh / NH, h = bh % NH;
-      gather(tmp.get(), qkv, b, h, 0, scale, d);
-      transpose_tiles(qt.get(), tmp.get(), d);
-      gather(kk.get(), qkv, b, h, 1, 1.0f, d);
-      gather(vv.get(), qkv, b, h, 2, 1.0f, d);
+      gather(tmp, qkv, b, h, 0, scale, d);
+      transpose_tiles(qt, tmp, d);
+      gather(kk, qkv, b, h, 1, 1.0f, d);
+      gather(vv, qkv, b, h, 2, 1.0f, d);
 
       // prefetch, spread over the products: the next head's q, k, v and this head's output
       PrefetchQueue pq;
@@ -408,25 +530,23 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
                            static_cast<size_t>(NH) * HD * sizeof(float), HD * sizeof(float), T, true));
       pq.plan(d.ntiles * (d.ntiles + 1) / 2 * 2 * (kTile / kMR));
 
-      float* o = oacc.get();
-      float* s = sbuf.get();
       for (int qi = 0; qi < d.ntiles; ++qi) {
         const int i0 = qi * kTile;
-        const float* qti = qt.get() + qi * tile_elems;
+        const float* qti = qt + qi * tile_elems;
         std::fill(o, o + tile_elems, 0.0f);
         std::fill(m, m + kTile, -kInf);
         std::fill(l, l + kTile, 0.0f);
         for (int kj = 0; kj <= qi; ++kj) {
           const bool diag = kj == qi;
           // S^T = K_j Qs_i^T  [keys x queries]
-          tile_gemm(kTile, kTile, Dp, kk.get() + kj * tile_elems, Dp, 1, qti, kTile, s, kTile,
+          tile_gemm(kTile, kTile, Dp, kk + kj * tile_elems, Dp, 1, qti, kTile, s, kTile,
                     false, diag ? Tri::kColsFrom : Tri::kNone, pq);
           if (diag)
             online_softmax_tile<true>(s, m, l, o, Dp);
           else
             online_softmax_tile<false>(s, m, l, o, Dp);
           // O_i += P V_j, with P(q, k) = s[k][q]
-          tile_gemm(kTile, Dp, kTile, s, 1, kTile, vv.get() + kj * tile_elems, Dp, o, Dp, true,
+          tile_gemm(kTile, Dp, kTile, s, 1, kTile, vv + kj * tile_elems, Dp, o, Dp, true,
                     diag ? Tri::kKUpper : Tri::kNone, pq);
         }
         // write out the real rows
@@ -457,18 +577,29 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 
 #pragma omp parallel
   {
-    Buffer qs(d.head_elems()), qt(d.head_elems()), kk(d.head_elems()), vv(d.head_elems());
-    Buffer dob(d.head_elems()), dot(d.head_elems());
-    Buffer dq(d.head_elems()), dk(d.head_elems()), dv(d.head_elems());
-    Buffer dvec(d.Tp), lvec(d.Tp), pbuf(kTile * kTile), dsbuf(kTile * kTile);
+    const size_t he = d.head_elems();
+    Carver ws(bwd_workspace.get(9 * he + 2 * padded(d.Tp) + 2 * kTile * kTile, T, HD));
+    float* const qs = ws.take(he);
+    float* const qt = ws.take(he);
+    float* const kk = ws.take(he);
+    float* const vv = ws.take(he);
+    float* const dob = ws.take(he);
+    float* const dot = ws.take(he);
+    float* const dq = ws.take(he);
+    float* const dk = ws.take(he);
+    float* const dv = ws.take(he);
+    float* const dvec = ws.take(d.Tp);
+    float* const lvec = ws.take(d.Tp);
+    float* const p = ws.take(kTile * kTile);
+    float* const ds = ws.take(kTile * kTile);
 
 #pragma omp for schedule(static)
     for (int bh = 0; bh < nheads; ++bh) {
       const int b = bh / NH, h = bh % NH;
-      gather(qs.get(), qkv, b, h, 0, scale, d);
-      transpose_tiles(qt.get(), qs.get(), d);
-      gather(kk.get(), qkv, b, h, 1, 1.0f, d);
-      gather(vv.get(), qkv, b, h, 2, 1.0f, d);
+      gather(qs, qkv, b, h, 0, scale, d);
+      transpose_tiles(qt, qs, d);
+      gather(kk, qkv, b, h, 1, 1.0f, d);
+      gather(vv, qkv, b, h, 2, 1.0f, d);
       // dO (padded, and transposed) and D = rowsum(dO * O); lse of the head
       for (int t = 0; t < T; ++t) {
         const size_t off = (static_cast<size_t>(b) * T + t) * tok_stride + static_cast<size_t>(h) * HD;
@@ -479,20 +610,20 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
             __builtin_prefetch(g + 6 * tok_stride + i);
             __builtin_prefetch(o + 6 * tok_stride + i);
           }
-        float* dst = dob.get() + static_cast<size_t>(t) * Dp;
+        float* dst = dob + static_cast<size_t>(t) * Dp;
         float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
         for (int c = 0; c < HD; ++c) {
           dst[c] = g[c];
           acc += g[c] * o[c];
         }
-        dvec.get()[t] = acc;
-        lvec.get()[t] = lse[static_cast<size_t>(bh) * T + t];
+        dvec[t] = acc;
+        lvec[t] = lse[static_cast<size_t>(bh) * T + t];
       }
-      transpose_tiles(dot.get(), dob.get(), d);
-      std::memset(dq.get(), 0, d.head_elems() * sizeof(float));
-      std::memset(dk.get(), 0, d.head_elems() * sizeof(float));
-      std::memset(dv.get(), 0, d.head_elems() * sizeof(float));
+      transpose_tiles(dot, dob, d);
+      std::memset(dq, 0, d.head_elems() * sizeof(float));
+      std::memset(dk, 0, d.head_elems() * sizeof(float));
+      std::memset(dv, 0, d.head_elems() * sizeof(float));
 
       // prefetch, spread over the products: the next head's q, k, v, dout, out and this
       // head's output rows (the q, k and v gradients of a token are adjacent: one 3 HD row)
@@ -511,29 +642,27 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                            3 * HD * sizeof(float), T, true));
       pq.plan(d.ntiles * (d.ntiles + 1) / 2 * 5 * (kTile / kMR));
 
-      float* p = pbuf.get();
-      float* ds = dsbuf.get();
       for (int qi = 0; qi < d.ntiles; ++qi) {
         const int i0 = qi * kTile;
-        const float* q = qs.get() + qi * tile_elems;
-        const float* qti = qt.get() + qi * tile_elems;
-        const float* go = dob.get() + qi * tile_elems;
-        const float* goti = dot.get() + qi * tile_elems;
-        const float* Li = lvec.get() + i0;
-        const float* Di = dvec.get() + i0;
-        float* dqi = dq.get() + qi * tile_elems;
+        const float* q = qs + qi * tile_elems;
+        const float* qti = qt + qi * tile_elems;
+        const float* go = dob + qi * tile_elems;
+        const float* goti = dot + qi * tile_elems;
+        const float* Li = lvec + i0;
+        const float* Di = dvec + i0;
+        float* dqi = dq + qi * tile_elems;
         for (int kj = 0; kj <= qi; ++kj) {
           const bool diag = kj == qi;
-          const float* kj_rows = kk.get() + kj * tile_elems;
+          const float* kj_rows = kk + kj * tile_elems;
           // P^T = exp(K_j Qs_i^T - lse)   [keys x queries]
           tile_gemm(kTile, kTile, Dp, kj_rows, Dp, 1, qti, kTile, p, kTile, false,
                     diag ? Tri::kColsFrom : Tri::kNone, pq);
           if (diag) probs_tile<true>(p, Li); else probs_tile<false>(p, Li);
           // dV_j += P^T dO_i
-          tile_gemm(kTile, Dp, kTile, p, kTile, 1, go, Dp, dv.get() + kj * tile_elems, Dp, true,
+          tile_gemm(kTile, Dp, kTile, p, kTile, 1, go, Dp, dv + kj * tile_elems, Dp, true,
                     diag ? Tri::kKLower : Tri::kNone, pq);
           // dP^T = V_j dO_i^T
-          tile_gemm(kTile, kTile, Dp, vv.get() + kj * tile_elems, Dp, 1, goti, kTile, ds, kTile,
+          tile_gemm(kTile, kTile, Dp, vv + kj * tile_elems, Dp, 1, goti, kTile, ds, kTile,
                     false, diag ? Tri::kColsFrom : Tri::kNone, pq);
           // dS^T = P^T * (dP^T - D)
           if (diag) dscores_tile<true>(ds, p, Di); else dscores_tile<false>(ds, p, Di);
@@ -541,16 +670,16 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
           tile_gemm(kTile, Dp, kTile, ds, 1, kTile, kj_rows, Dp, dqi, Dp, true,
                     diag ? Tri::kKUpper : Tri::kNone, pq);
           // dK_j += dS^T Qs_i
-          tile_gemm(kTile, Dp, kTile, ds, kTile, 1, q, Dp, dk.get() + kj * tile_elems, Dp, true,
+          tile_gemm(kTile, Dp, kTile, ds, kTile, 1, q, Dp, dk + kj * tile_elems, Dp, true,
                     diag ? Tri::kKLower : Tri::kNone, pq);
         }
       }
       // scatter (overwrite) into dqkv [B, T, NH, 3, HD]
       for (int t = 0; t < T; ++t) {
         float* dst = dqkv + ((static_cast<size_t>(b) * T + t) * NH + h) * 3 * HD;
-        const float* sq = dq.get() + static_cast<size_t>(t) * Dp;
-        const float* sk = dk.get() + static_cast<size_t>(t) * Dp;
-        const float* sv = dv.get() + static_cast<size_t>(t) * Dp;
+        const float* sq = dq + static_cast<size_t>(t) * Dp;
+        const float* sk = dk + static_cast<size_t>(t) * Dp;
+        const float* sv = dv + static_cast<size_t>(t) * Dp;
 #pragma omp simd
         for (int c = 0; c < HD; ++c) {
           dst[c] = sq[c] * scale;

@@ -445,6 +445,34 @@ TEST_CASE("attention backward against finite differences of the reference", "[ke
   }
 }
 
+TEST_CASE("attention: a shorter T after a longer one (same padded size) is still right", "[kernels]") {
+  // The kernels keep zero-padded scratch buffers between calls; rows T..Tp of the padding must
+  // not keep values from the previous, longer sequence (they would leak into dK and dV).
+  auto run = [](const AttnCase& a, uint64_t stream, VecF* dqkv_out, VecF* dout_out) {
+    VecF qkv = randn(static_cast<size_t>(a.B) * a.T * a.NH * 3 * a.HD, stream);
+    VecF lse;
+    VecF out = run_attention_fwd(qkv, a, &lse);
+    VecF dout = randn(out.size(), stream + 1);
+    VecF dqkv(qkv.size());
+    cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), a.B,
+                            a.T, a.NH, a.HD);
+    if (dqkv_out) *dqkv_out = dqkv;
+    if (dout_out) *dout_out = dout;
+    return qkv;
+  };
+  run(AttnCase{1, 120, 1, 20}, 140, nullptr, nullptr);  // Tp = 128, Dp = 32
+  const AttnCase a{1, 70, 1, 20};                       // same Tp and Dp
+  VecF dqkv, dout;
+  const VecF qkv = run(a, 142, &dqkv, &dout);
+  std::vector<size_t> idx;
+  for (size_t i = 0; i < qkv.size(); i += 5) idx.push_back(i);
+  const VecD Gd = to_d(dout);
+  VecD g = fd_grad(to_d(qkv),
+                   [&](const VecD& x) { return dot(ref_attention(x, a.B, a.T, a.NH, a.HD), Gd); },
+                   1e-5, idx);
+  CHECK(rel_err(pick(dqkv, idx), pick(g, idx)) < 2e-5);
+}
+
 TEST_CASE("attention backward: gradients are causal, overwrite, and thread-independent", "[kernels]") {
   const AttnCase a{2, 140, 3, 16};
   const size_t nqkv = static_cast<size_t>(a.B) * a.T * a.NH * 3 * a.HD;
