@@ -1,4 +1,4 @@
-// lossytp: the command-line entry point. Verbs: train (grid, summarize, plot to come).
+// lossytp: the command-line entry point. Verbs: train, net sample (grid, summarize, plot to come).
 // Every rank parses the same arguments; an error anywhere before training stops every rank
 // cleanly with one message (from the lowest rank that found it) and exit status 2.
 #include <mpi.h>
@@ -17,6 +17,11 @@
 #include "experiments/dataset.h"
 #include "experiments/train_config.h"
 #include "experiments/trainer.h"
+#include "netmodels/netmodel.h"
+#include "netmodels/sample.h"
+
+#include <cstdlib>
+#include <unistd.h>
 
 using namespace lossytp;
 
@@ -102,9 +107,41 @@ int cmd_train(TrainOptions& opts) {
   }
 }
 
+struct SampleOptions {
+  std::string net;
+  size_t packets = 1000000;
+  uint64_t seed = 1;
+  size_t message_packets = 0;
+  bool json = false;
+};
+
+int cmd_net_sample(const SampleOptions& o) {
+  if (world_rank() != 0) return 0;
+  try {
+    if (o.packets == 0) throw std::invalid_argument("--packets must be >= 1");
+    const net::NetSpec spec = net::parse_net_spec(o.net);
+    const net::LinkSample s = net::sample_link(spec, o.packets, o.seed, o.message_packets);
+    std::fputs(net::format_sample(s, o.json).c_str(), stdout);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lossytp: error: %s\n", e.what());
+    return 2;
+  }
+}
+
+// OpenMP's default spin-waiting fights OpenBLAS's threads for the cores (a 2-thread step runs
+// up to 3x slower). libgomp reads OMP_WAIT_POLICY when it loads, before main, so when the user
+// has not chosen a policy we set it and re-execute ourselves once, before MPI starts.
+void ensure_passive_omp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run with the default policy
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  ensure_passive_omp_wait(argv);
   MPI_Init(&argc, &argv);
   const bool root = world_rank() == 0;
   int rc = 0;
@@ -115,6 +152,18 @@ int main(int argc, char** argv) {
     CLI::App* train_cmd = app.add_subcommand("train", "train one model (launch with mpirun -np tp*dp)");
     TrainOptions train_opts;
     add_train_options(*train_cmd, train_opts);
+    CLI::App* net_cmd = app.add_subcommand("net", "inspect network models");
+    net_cmd->require_subcommand(1);
+    CLI::App* sample_cmd = net_cmd->add_subcommand(
+        "sample", "draw packets on one link and compare the loss statistics with theory");
+    SampleOptions sample_opts;
+    sample_cmd->add_option("--net", sample_opts.net, "network model spec (docs/netmodels.md)")->required();
+    sample_cmd->add_option("--packets", sample_opts.packets, "packets to draw")->capture_default_str();
+    sample_cmd->add_option("--seed", sample_opts.seed, "seed (a seed= in the spec wins)")->capture_default_str();
+    sample_cmd->add_option("--message-packets", sample_opts.message_packets,
+                           "packets per message (0: one message, or 1024 for step=message)")
+        ->capture_default_str();
+    sample_cmd->add_flag("--json", sample_opts.json, "print one JSON object");
 
     std::vector<std::string> args(argv + 1, argv + argc);
     std::string error;
@@ -151,6 +200,8 @@ int main(int argc, char** argv) {
       rc = 2;
     } else if (train_cmd->parsed()) {
       rc = cmd_train(train_opts);
+    } else if (sample_cmd->parsed()) {
+      rc = cmd_net_sample(sample_opts);
     }
   }
   MPI_Finalize();

@@ -59,6 +59,16 @@ printf 'lr = = 3\n' > syntax.toml
 expect_error 1 "syntax.toml:1" train --config syntax.toml
 expect_error 1 "--config: cannot read 'nope.toml'" train --config nope.toml
 
+# Network model specs: the message quotes the offending token.
+expect_error 2 "unknown model 'gee'" train --tp 2 "${small[@]}" --net gee:p=0.1
+expect_error 1 "rate=1.5" train "${small[@]}" --net drop:rate=1.5
+expect_error 1 "unknown key 'q'" train "${small[@]}" --net ge:p=0.1,r=0.2,q=1
+expect_error 1 "unknown preset" train "${small[@]}" --net ge:preset=nope
+expect_error 1 "p=0" train "${small[@]}" --net ge:p=0,r=0
+expect_error 1 "packet" train "${small[@]}" --net drop:rate=0.1,packet=0
+expect_error 1 "malformed" train "${small[@]}" --net ge:p
+expect_error 1 "unknown model 'gee'" net sample --net gee
+
 # An existing run is never overwritten by accident.
 mkdir -p keep && printf 'precious' > keep/metrics.h5
 expect_error 2 "already exists" train "${small[@]}" --out keep
