@@ -11,8 +11,8 @@ Each configuration runs `rounds` times, interleaved (A B C D E, A B C D E, ...),
 load from something else on the machine hits every configuration alike. A run's step time is the
 median of its steps after the warm-up; a configuration's step time is the best (smallest) of its
 runs' medians. Peak RSS comes from wait4() on the child (its own and its waited-for descendants'
-max RSS: for mpirun that is the largest rank) and, for lossytp, from polling VmHWM of every
-lossytp process under the child (per rank).
+max RSS: for mpirun that is the largest rank); for lossytp, VmHWM of every rank is also polled
+from /proc as a cross-check.
 
 The machine is shared (2 cores; others build and test on it), so:
   - before each run the driver waits, 1 s samples, until the rest of the machine uses < 0.25
@@ -119,8 +119,11 @@ def descendants(pid):
 
 
 def vm_hwm_kib(pid):
-    """(comm, VmHWM in KiB) of pid, or None."""
+    """(comm, executable path, VmHWM in KiB) of pid, or None."""
     try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        if exe.endswith(" (deleted)"):  # rebuilt while it ran
+            exe = exe[:-len(" (deleted)")]
         with open(f"/proc/{pid}/status") as f:
             comm, hwm = None, None
             for line in f:
@@ -128,7 +131,7 @@ def vm_hwm_kib(pid):
                     comm = line.split()[1]
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1])
-            return (comm, hwm) if hwm is not None else None
+            return (comm, exe, hwm) if hwm is not None else None
     except OSError:
         return None
 
@@ -158,9 +161,11 @@ class QuietWaiter:
         return {"waited_s": waited, "load_before_cores": load}
 
 
-def run_measured(cmd, env, cwd, stdout_path, poll_comm=None):
+def run_measured(cmd, env, cwd, stdout_path, poll_exe=None):
     """Runs cmd to completion. Returns wall time, exit code, CPU time and max RSS from wait4,
-    the other load on the machine while it ran, and the VmHWM per process named poll_comm."""
+    the other load on the machine while it ran, and the VmHWM of every process under it that
+    runs the executable poll_exe (polled every 0.5 s: one entry per MPI rank)."""
+    poll_exe = os.path.realpath(poll_exe) if poll_exe else None
     busy0, steal0 = cpu_times()
     t0 = time.monotonic()
     with open(stdout_path, "w") as out, open(stdout_path + ".err", "w") as err:
@@ -172,11 +177,11 @@ def run_measured(cmd, env, cwd, stdout_path, poll_comm=None):
             if pid == proc.pid:
                 status, ru = st, r
                 break
-            if poll_comm:
+            if poll_exe:
                 for d in descendants(proc.pid) + [proc.pid]:
                     got = vm_hwm_kib(d)
-                    if got and got[0] == poll_comm:
-                        hwm[d] = max(hwm.get(d, 0), got[1])
+                    if got and got[1] == poll_exe:
+                        hwm[d] = max(hwm.get(d, 0), got[2])
             time.sleep(0.5)
     wall = time.monotonic() - t0
     busy1, steal1 = cpu_times()
@@ -258,15 +263,16 @@ def run_lossytp(a, workdir, tag, ranks, threads):
     else:
         cmd = train  # singleton MPI
     m = run_measured(cmd, base_env(threads), run_dir, os.path.join(run_dir, "stdout.txt"),
-                     poll_comm="lossytp")
+                     poll_exe=exe)
     if m["rc"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (rc {m['rc']}):\n"
                            f"{tail(os.path.join(run_dir, 'stdout.txt.err'))}")
     r = read_metrics(os.path.join(run_dir, "out", "metrics.h5"), a.warmup)
     r.pop("config")
     r.update(m)
-    # peak RSS per rank: the largest rank's VmHWM (polled), or wait4's max when polling saw nothing
-    r["peak_rss_mib"] = max(m["polled_vmhwm_mib"]) if m["polled_vmhwm_mib"] else m["wait4_maxrss_mib"]
+    # peak RSS per rank: wait4's max RSS of the child's tree, i.e. of the largest rank (mpirun and
+    # orted are far smaller); polled_vmhwm_mib holds every rank's own VmHWM as a cross-check.
+    r["peak_rss_mib"] = m["wait4_maxrss_mib"]
     r["command"] = " ".join(cmd)
     return r
 

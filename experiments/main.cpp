@@ -1,4 +1,4 @@
-// lossytp: the command-line entry point. Verbs: train, net sample (grid, summarize, plot to come).
+// lossytp: the command-line entry point. Verbs: train, grid, net sample (summarize, plot to come).
 // Every rank parses the same arguments; an error anywhere before training stops every rank
 // cleanly with one message (from the lowest rank that found it) and exit status 2.
 #include <mpi.h>
@@ -14,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "experiments/collective_errors.h"
 #include "experiments/dataset.h"
+#include "experiments/grid.h"
 #include "experiments/train_config.h"
 #include "experiments/trainer.h"
 #include "netmodels/netmodel.h"
@@ -29,20 +31,6 @@ namespace {
 
 int world_rank() { int r = 0; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
 int world_size() { int s = 1; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
-
-// Collective: true when every rank succeeded; otherwise the lowest failing rank prints its
-// message and every rank returns false.
-bool all_ok(const std::string& error) {
-  const int me = world_rank();
-  int first_bad = error.empty() ? world_size() : me;
-  MPI_Allreduce(MPI_IN_PLACE, &first_bad, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (first_bad == world_size()) return true;
-  if (me == first_bad) {
-    std::fprintf(stderr, "lossytp: error: %s\n", error.c_str());
-    std::fflush(stderr);
-  }
-  return false;
-}
 
 // Cores divided among the ranks that share this node, at least one each.
 int default_threads() {
@@ -77,15 +65,16 @@ int cmd_train(TrainOptions& opts) {
   } catch (const std::exception& e) {
     error = e.what();
   }
-  if (!all_ok(error)) return 2;
+  if (!all_ranks_ok(error)) return 2;
   if (cfg.out.empty()) cfg.out = default_out_dir(cfg);
   if (cfg.threads == 0) cfg.threads = default_threads();
   if (world_rank() == 0) {
     namespace fs = std::filesystem;
     std::error_code ec;
     fs::path metrics = fs::path(cfg.out) / "metrics.h5";
-    if (fs::exists(metrics, ec) && !cfg.overwrite)
-      error = "'" + metrics.string() + "' already exists; choose another --out or pass --overwrite";
+    const bool resuming_here = !cfg.load.empty() && fs::exists(cfg.out, ec) && fs::equivalent(cfg.load, cfg.out, ec);
+    if (fs::exists(metrics, ec) && !cfg.overwrite && !resuming_here)
+      error = "'" + metrics.string() + "' already exists; choose another --out, resume it with --load " + cfg.out + ", or pass --overwrite";
     else if (fs::exists(cfg.out, ec) && !fs::is_directory(cfg.out, ec))
       error = "--out '" + cfg.out + "' exists and is not a directory";
     else {
@@ -93,7 +82,7 @@ int cmd_train(TrainOptions& opts) {
       if (ec) error = "cannot create --out '" + cfg.out + "': " + ec.message();
     }
   }
-  if (!all_ok(error)) return 2;
+  if (!all_ranks_ok(error)) return 2;
 
   try {
     TrainResult r = train(cfg, corpus, MPI_COMM_WORLD);
@@ -152,6 +141,13 @@ int main(int argc, char** argv) {
     CLI::App* train_cmd = app.add_subcommand("train", "train one model (launch with mpirun -np tp*dp)");
     TrainOptions train_opts;
     add_train_options(*train_cmd, train_opts);
+    CLI::App* grid_cmd = app.add_subcommand(
+        "grid", "run a grid of trainings from a TOML file (launch with mpirun; docs/experiments.md)");
+    GridOptions grid_opts;
+    grid_cmd->add_option("file", grid_opts.file, "grid file: [base], [sweep], [[runs]]")->required();
+    grid_cmd->add_option("--out", grid_opts.out, "results folder (one sub-folder per run, grid.json)")->required();
+    grid_cmd->add_flag("--force", grid_opts.force, "run a changed grid file in a folder made by an older version of it");
+    grid_cmd->add_flag("--verbose", grid_opts.verbose, "progress lines of every run's iterations");
     CLI::App* net_cmd = app.add_subcommand("net", "inspect network models");
     net_cmd->require_subcommand(1);
     CLI::App* sample_cmd = net_cmd->add_subcommand(
@@ -195,11 +191,13 @@ int main(int argc, char** argv) {
     }
     if (!parsed && rc == 0) {
       // help or version: done
-    } else if (!all_ok(error)) {
+    } else if (!all_ranks_ok(error)) {
       if (root) std::fprintf(stderr, "run 'lossytp --help' or 'lossytp train --help' for the options\n");
       rc = 2;
     } else if (train_cmd->parsed()) {
       rc = cmd_train(train_opts);
+    } else if (grid_cmd->parsed()) {
+      rc = run_grid(grid_opts);
     } else if (sample_cmd->parsed()) {
       rc = cmd_net_sample(sample_opts);
     }

@@ -44,6 +44,9 @@ nlohmann::json TrainConfig::to_json() const {
   j["eval-fraction"] = data.eval_fraction;
   j["data-seed"] = data.seed;
   j["net"] = net;
+  j["save-interval"] = save_interval;
+  j["comm-timeout"] = comm_timeout;
+  j["max-loss"] = max_loss;
   j["out"] = out;
   j["threads"] = threads;
   return j;
@@ -107,14 +110,27 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
                  "network model: exact, drop:rate=R, ge:p=..,r=..,k=..,h=.. or ge:preset=NAME, "
                  "caat:p=P, composed with + (docs/netmodels.md)")
       ->capture_default_str();
+  app.add_option("--load", c.load,
+                 "resume from the latest checkpoint in this run folder (usually the same as --out)");
+  app.add_option("--save-interval", c.save_interval, "write a checkpoint every N iterations (0: never)")
+      ->capture_default_str();
+  app.add_option("--comm-timeout", c.comm_timeout,
+                 "seconds a collective may wait for its peers before the run fails (0: forever)")
+      ->capture_default_str();
+  app.add_option("--max-loss", c.max_loss, "a train loss above this marks the run diverged (0: off)")
+      ->capture_default_str();
+  app.add_option("--debug-nan-at", c.debug_nan_at, "testing: make the loss of iteration N NaN")
+      ->group("");
+  app.add_option("--debug-fail-at", c.debug_fail_at, "testing: rank 0 throws at iteration N")
+      ->group("");
   app.add_option("--out", c.out, "run folder for metrics.h5 (default: runs/<model>-tp<T>-dp<D>-<time>)");
   app.add_option("--threads", c.threads, "compute threads per rank (default: cores / ranks on the node)");
   app.add_flag("--quiet", c.quiet, "no progress lines");
   app.add_flag("--overwrite", c.overwrite, "replace an existing metrics.h5 in --out");
 }
 
-static std::string toml_value_to_arg(const toml::node& n, const std::string& file,
-                                     const std::string& key) {
+std::string toml_value_to_arg(const toml::node& n, const std::string& file,
+                              const std::string& key) {
   if (auto v = n.as_string()) return v->get();
   if (auto v = n.as_integer()) return std::to_string(v->get());
   if (auto v = n.as_floating_point()) {
@@ -125,6 +141,50 @@ static std::string toml_value_to_arg(const toml::node& n, const std::string& fil
   }
   if (auto v = n.as_boolean()) return v->get() ? "true" : "false";
   throw std::invalid_argument(file + ": key '" + key + "' must be a string, number or boolean");
+}
+
+std::string flag_for_key(const std::string& key, const CLI::App& app, const std::string& where) {
+  std::string flag = "--" + key;
+  for (char& ch : flag) if (ch == '_') ch = '-';
+  if (flag == "--config" || key.empty() || !app.get_option_no_throw(flag))
+    throw std::invalid_argument(where + ": unknown key '" + key +
+                                "' (keys are the flags of 'lossytp train --help' without the dashes)");
+  return flag;
+}
+
+void append_key_value(std::vector<std::string>& args, const CLI::App& app, const std::string& key,
+                      const std::string& value, const std::string& where) {
+  const std::string flag = flag_for_key(key, app, where);
+  const CLI::Option* opt = app.get_option_no_throw(flag);
+  if (opt->get_expected_min() == 0) {  // a flag: true sets it, false leaves it off
+    if (value == "true") args.push_back(flag);
+    else if (value != "false") throw std::invalid_argument(where + ": key '" + key + "' takes true or false");
+    return;
+  }
+  args.push_back(flag);
+  args.push_back(value);
+}
+
+TrainConfig train_config_from_keys(const std::vector<std::pair<std::string, std::string>>& kv,
+                                   const std::string& where) {
+  CLI::App app;
+  TrainOptions opts;
+  add_train_options(app, opts);
+  std::vector<std::string> args;
+  for (const auto& [k, v] : kv) append_key_value(args, app, k, v, where);
+  std::vector<std::string> rev(args.rbegin(), args.rend());
+  try {
+    app.parse(rev);
+  } catch (const CLI::ParseError& e) {
+    throw std::invalid_argument(where + ": " + e.what());
+  }
+  try {
+    // A run's world is its own tp x dp (dp defaults to 1 here, not to the job's size).
+    const int world = std::max(1, opts.cfg.tp) * std::max(1, opts.cfg.dp);
+    return finish_train_config(opts, world);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(where + ": " + e.what());
+  }
 }
 
 std::vector<std::string> expand_config_file(const std::vector<std::string>& args,
@@ -148,17 +208,8 @@ std::vector<std::string> expand_config_file(const std::vector<std::string>& args
   }
   std::vector<std::string> out;
   for (const auto& [k, v] : tbl) {
-    std::string key(k.str());
-    std::string flag = "--" + key;
-    for (char& ch : flag) if (ch == '_') ch = '-';
-    if (flag == "--config" || !app.get_option_no_throw(flag))
-      throw std::invalid_argument(file + ": unknown key '" + key + "' (keys are the flags of 'lossytp train --help' without the dashes)");
-    if (auto b = v.as_boolean()) {  // flags take no value
-      const CLI::Option* opt = app.get_option_no_throw(flag);
-      if (opt->get_expected_min() == 0) { if (b->get()) out.push_back(flag); continue; }
-    }
-    out.push_back(flag);
-    out.push_back(toml_value_to_arg(v, file, key));
+    const std::string key(k.str());
+    append_key_value(out, app, key, toml_value_to_arg(v, file, key), file);
   }
   out.insert(out.end(), args.begin(), args.end());
   return out;
@@ -213,6 +264,9 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (!(c.adam.beta2 >= 0 && c.adam.beta2 < 1)) bad("--adam-beta2 must be in [0, 1)");
   if (!(c.adam.eps > 0)) bad("--adam-eps must be > 0");
   if (c.threads < 0) bad("--threads must be >= 0");
+  if (c.save_interval < 0) bad("--save-interval must be >= 0");
+  if (c.comm_timeout < 0) bad("--comm-timeout must be >= 0");
+  if (c.max_loss < 0) bad("--max-loss must be >= 0");
   if (!(c.data.eval_fraction > 0 && c.data.eval_fraction < 1))
     bad("--eval-fraction must be in (0, 1)");
   const std::string& f = c.data.format;

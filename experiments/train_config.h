@@ -13,6 +13,7 @@
 #include "models/config.h"
 
 namespace CLI { class App; }
+namespace toml { inline namespace v3 { class node; } }
 
 namespace lossytp {
 
@@ -35,6 +36,12 @@ struct TrainConfig {
   uint64_t seed = 1234;
   DataOptions data;
   std::string net = "exact";  // --net SPEC (netmodels/netmodel.h)
+  std::string load;           // resume from the checkpoint in this run folder
+  int save_interval = 0;      // checkpoint every N iterations (0: never)
+  double comm_timeout = 600;  // seconds a collective may wait before the run fails
+  double max_loss = 0;        // a train loss above this marks the run diverged (0: off)
+  int debug_nan_at = 0;       // testing: the loss of this iteration becomes NaN
+  int debug_fail_at = 0;      // testing: rank 0 throws at this iteration
   std::string out;  // empty: runs/<model>-tp<tp>-dp<dp>-<time>
   int threads = 0;  // 0: cores / ranks on this node
   bool quiet = false;
@@ -60,6 +67,21 @@ void add_train_options(CLI::App& app, TrainOptions& opts);
 // a TOML syntax error or a key that is not an option of `app` (the message names file and key).
 std::vector<std::string> expand_config_file(const std::vector<std::string>& args,
                                             const CLI::App& app);
+
+// The train flag for a config-file key ("tensor_model_parallel_size" or "tp" ->
+// "--tensor-model-parallel-size" / "--tp"); throws naming `where` and the key if unknown.
+std::string flag_for_key(const std::string& key, const CLI::App& app, const std::string& where);
+void append_key_value(std::vector<std::string>& args, const CLI::App& app, const std::string& key,
+                      const std::string& value, const std::string& where);
+
+// A TrainConfig from key = value pairs (config-file keys, later pairs override earlier ones),
+// as if they were given as flags to a run of its own tp x dp ranks. Errors are prefixed with
+// `where` (e.g. "grid.toml, run net=ge-one_seed=1").
+TrainConfig train_config_from_keys(const std::vector<std::pair<std::string, std::string>>& kv,
+                                   const std::string& where);
+
+// A TOML scalar as a flag value (numbers in full precision). Throws for tables and arrays.
+std::string toml_value_to_arg(const toml::node& n, const std::string& file, const std::string& key);
 
 // After parsing: applies the preset and the overrides, derives dp and the global batch from the
 // world, and checks every value. Throws std::invalid_argument naming the offending flag.

@@ -11,9 +11,11 @@
 #include "experiments/metrics_file.h"
 #include "kernels/cpu/ops.h"
 #include "models/adamw.h"
+#include "experiments/checkpoint.h"
 #include "models/gpt.h"
 #include "netmodels/netmodel.h"
 #include "sim/layout.h"
+#include "sim/mpi_backend.h"
 
 namespace lossytp {
 
@@ -91,6 +93,9 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
   auto groups = make_mpi_groups(run_comm, layout);
   Comm& tp = *groups->tp;
   Comm& dp = *groups->dp;
+  // Control traffic of the run (loss, divergence, checkpoints): never lossy, never counted.
+  MpiBackend run(run_comm);
+  for (Backend* b : {&tp.backend(), &dp.backend(), static_cast<Backend*>(&run)}) b->set_timeout(cfg.comm_timeout);
   auto net = std::make_shared<const net::NetSpec>(net::parse_net_spec(cfg.net));
   tp.set_network(net, cfg.seed);
   dp.set_network(net, cfg.seed);
@@ -107,6 +112,14 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
   model.init(cfg.seed);
   ParamStore& params = model.params();
   AdamW opt(params, cfg.adam);
+  const std::string config_json = cfg.to_json().dump();
+
+  int64_t start_it = 0;
+  if (!cfg.load.empty()) {
+    start_it = latest_checkpoint(cfg.load);
+    if (start_it < 0) throw std::runtime_error("--load " + cfg.load + ": no checkpoint there");
+    load_checkpoint(cfg.load, rank, start_it, params, opt);
+  }
 
   const int T = cfg.model.seq_length, mb = cfg.micro_batch_size;
   const int per_rank = cfg.global_batch_size / layout.dp;
@@ -118,9 +131,18 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
 
   std::unique_ptr<MetricsFile> metrics;
   if (leader) {
-    std::filesystem::create_directories(cfg.out);
-    metrics = std::make_unique<MetricsFile>((std::filesystem::path(cfg.out) / "metrics.h5").string());
-    metrics->set_attr("config", cfg.to_json().dump());
+    namespace fs = std::filesystem;
+    fs::create_directories(cfg.out);
+    const std::string path = (fs::path(cfg.out) / "metrics.h5").string();
+    std::error_code ec;
+    if (start_it > 0 && fs::exists(path) && fs::equivalent(cfg.load, cfg.out, ec)) {
+      // continue the run's own file; rows past the checkpoint are dropped, not duplicated
+      metrics = std::make_unique<MetricsFile>(MetricsFile::load(path));
+      for (const char* g : {"train", "eval", "comm"}) metrics->truncate_after(g, start_it);
+    } else {
+      metrics = std::make_unique<MetricsFile>(path);
+    }
+    metrics->set_attr("config", config_json);
     metrics->set_attr("status", std::string("running"));
     metrics->set_attr("version", std::string(LOSSYTP_VERSION));
     metrics->set_attr("num_parameters", static_cast<int64_t>(cfg.model.num_parameters()));
@@ -139,6 +161,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
                 corpus.entropy_floor ? (", entropy floor " + std::to_string(*corpus.entropy_floor) + " nats").c_str() : "");
     std::printf("network: %s\n", net->describe().c_str());
     std::printf("output: %s/metrics.h5\n", cfg.out.c_str());
+    if (start_it > 0) std::printf("resumed from the checkpoint of iteration %lld\n", static_cast<long long>(start_it));
     std::fflush(stdout);
   }
 
@@ -156,10 +179,14 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
 
   TrainResult result;
   result.status = "completed";
+  result.start_iteration = start_it;
   const auto t_start = Clock::now();
   double window_time = 0.0;
   int window_iters = 0;
-  for (int it = 0; it < cfg.train_iters; ++it) {
+  try {
+  for (int it = static_cast<int>(start_it); it < cfg.train_iters; ++it) {
+    if (cfg.debug_fail_at == it + 1 && leader)
+      throw std::runtime_error("injected failure at iteration " + std::to_string(it + 1) + " (--debug-fail-at)");
     const auto t0 = Clock::now();
     const auto comm_before = groups->stats->sites();
     tp.begin_step(it);
@@ -184,7 +211,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
     const float lr = lr_at(it, cfg.lr, cfg.min_lr, cfg.lr_warmup_iters, cfg.train_iters);
     opt.step(lr);
     dp.backend().all_reduce_f64(&loss_sum, 1, ReduceOp::Sum);
-    const double loss = loss_sum / tokens_per_iter;
+    double loss = loss_sum / tokens_per_iter;
+    if (cfg.debug_nan_at == it + 1) loss = NAN;
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     result.train_loss.push_back(loss);
     window_time += dt;
@@ -200,8 +228,9 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
       metrics->append("train/sim_comm_s", step.sim_seconds);
     }
     // Under a lossy ring ranks can disagree: stop together when any rank sees a non-finite value.
-    int bad = !std::isfinite(loss) || !std::isfinite(grad_norm);
-    MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, run_comm);
+    double bad = !std::isfinite(loss) || !std::isfinite(grad_norm) ||
+                 (cfg.max_loss > 0 && loss > cfg.max_loss);
+    run.all_reduce_f64(&bad, 1, ReduceOp::Max);
     const bool diverged = bad != 0;
     const bool last = iteration == cfg.train_iters || diverged;
     const bool do_eval = !diverged && cfg.eval_iters > 0 &&
@@ -220,7 +249,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
       result.tokens_per_second = tok_s;
       if (verbose) {
         const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
-        const double eta = elapsed / iteration * (cfg.train_iters - iteration);
+        const double eta = elapsed / (iteration - start_it) * (cfg.train_iters - iteration);
         std::printf("iter %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.0f ms/iter | ETA %s",
                     iteration, cfg.train_iters, loss, lr, grad_norm, tok_s,
                     1e3 * window_time / window_iters, format_duration(eta).c_str());
@@ -240,12 +269,26 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
       if (verbose) std::printf("run diverged at iteration %d (loss %g, grad_norm %g)\n", iteration, loss, grad_norm);
       break;
     }
+    if (cfg.save_interval > 0 && (iteration % cfg.save_interval == 0 || iteration == cfg.train_iters)) {
+      // metrics first: every row up to the checkpoint is on disk before it can be resumed from
+      if (leader) metrics->flush();
+      save_checkpoint(cfg.out, run, iteration, params, opt, config_json);
+    }
+  }
+  } catch (const std::exception& e) {
+    groups->abandoned = true;
+    if (leader) {
+      metrics->set_attr("status", std::string("failed"));
+      metrics->set_attr("error", std::string(e.what()));
+      metrics->flush();
+    }
+    throw;
   }
   // Observed loss rate over every message, received by any rank of the run, that the network
   // model acted on (the messages in its scope).
   const SiteCounters total = groups->stats->total();
   double lost[2] = {static_cast<double>(total.packets_lost), static_cast<double>(total.packets_exposed)};
-  MPI_Allreduce(MPI_IN_PLACE, lost, 2, MPI_DOUBLE, MPI_SUM, run_comm);
+  run.all_reduce_f64(lost, 2, ReduceOp::Sum);
   result.observed_loss_rate = lost[1] > 0 ? lost[0] / lost[1] : 0.0;
   if (leader) {
     metrics->set_attr("observed_loss_rate", result.observed_loss_rate);

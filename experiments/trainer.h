@@ -12,14 +12,18 @@
 namespace lossytp {
 
 struct TrainResult {
-  std::string status;  // completed, diverged
+  std::string status;  // completed, diverged (failures throw)
+  int64_t start_iteration = 0;     // > 0 when resumed from a checkpoint
   std::vector<double> train_loss;  // per iteration (every rank has it)
   std::vector<double> eval_loss;   // per evaluation
   double tokens_per_second = 0.0;
   double observed_loss_rate = 0.0;  // packets lost / packets exposed to the model, all ranks
 };
 
-// Throws on failure (the caller marks the run failed). Progress lines go to stdout on rank 0.
+// Throws on failure, after rank 0 has marked metrics.h5 `failed` with the message in the
+// attribute `error` (when rank 0 is the one that failed or noticed it through a timeout).
+// Resumes from cfg.load's latest checkpoint when cfg.load is set. Progress lines go to stdout on
+// rank 0 unless cfg.quiet.
 TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm run_comm);
 
 }  // namespace lossytp

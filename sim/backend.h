@@ -3,11 +3,20 @@
 // It knows nothing about sites or network models: Comm (sim/comm.h) adds those on top.
 #pragma once
 #include <cstddef>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace lossytp {
 
 enum class ReduceOp { Sum, Max };
+
+// A communication call that did not complete within the backend's timeout: a peer has died,
+// failed or hangs. The run that owns the group fails instead of hanging forever.
+class CommTimeout : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 class Backend {
  public:
@@ -29,6 +38,15 @@ class Backend {
   virtual void reduce_scatter(const float* in, float* out, size_t n_per_rank) = 0;
   virtual void broadcast(void* buf, size_t bytes, int root) = 0;
   virtual void barrier() = 0;
+
+  // Seconds a call may wait for its peers before it throws CommTimeout (<= 0: forever).
+  virtual void set_timeout(double seconds) { timeout_s_ = seconds; }
+  double timeout() const { return timeout_s_; }
+  // The group's members as ranks of the whole job, for messages about hangs.
+  virtual std::vector<int> world_ranks() const { return {}; }
+
+ protected:
+  double timeout_s_ = 0.0;
 };
 
 }  // namespace lossytp

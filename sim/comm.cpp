@@ -113,7 +113,30 @@ void Comm::mask_contribution(float* buf, size_t n, const std::string& site, net:
       apply_delivery(buf, copy.data(), n, plan, fill, false, ReduceOp::Sum, 1.0f, stale));
 }
 
+// Names the site and group in a timeout raised anywhere below a collective.
+template <typename F>
+void Comm::guarded(const std::string& site, F&& body) {
+  try {
+    body();
+  } catch (const CommTimeout& e) {
+    throw CommTimeout("collective at site '" + site + "' (group " + group_ + ", iteration " +
+                      std::to_string(iteration_) + "): " + e.what());
+  }
+}
+
 void Comm::all_reduce(float* buf, size_t n, const std::string& site, ReduceOp op) {
+  guarded(site, [&] { all_reduce_impl(buf, n, site, op); });
+}
+
+void Comm::all_gather(const float* in, float* out, size_t m, const std::string& site) {
+  guarded(site, [&] { all_gather_impl(in, out, m, site); });
+}
+
+void Comm::reduce_scatter(const float* in, float* out, size_t m, const std::string& site) {
+  guarded(site, [&] { reduce_scatter_impl(in, out, m, site); });
+}
+
+void Comm::all_reduce_impl(float* buf, size_t n, const std::string& site, ReduceOp op) {
   const int p = size();
   ++call_;
   if (p == 1) return;
@@ -150,10 +173,10 @@ void Comm::all_reduce_as_ring(float* buf, size_t n, const std::string& site, Red
   const bool lossy = path_for(site) == Path::Ring;
   HopContext ctx{*backend_, lossy ? net_.get() : nullptr, message(site, net::CollKind::AllReduce), seed_,
                  &stale_, c};
-  lossytp::ring_all_reduce(ctx, buf, n, op);
+  guarded(site, [&] { lossytp::ring_all_reduce(ctx, buf, n, op); });
 }
 
-void Comm::all_gather(const float* in, float* out, size_t m, const std::string& site) {
+void Comm::all_gather_impl(const float* in, float* out, size_t m, const std::string& site) {
   const int p = size();
   ++call_;
   if (p == 1) { std::copy(in, in + m, out); return; }
@@ -183,7 +206,7 @@ void Comm::all_gather(const float* in, float* out, size_t m, const std::string& 
   }
 }
 
-void Comm::reduce_scatter(const float* in, float* out, size_t m, const std::string& site) {
+void Comm::reduce_scatter_impl(const float* in, float* out, size_t m, const std::string& site) {
   const int p = size();
   ++call_;
   if (p == 1) { std::copy(in, in + m, out); return; }
@@ -221,7 +244,7 @@ void Comm::broadcast(float* buf, size_t n, int root, const std::string& site) {
   SiteCounters& c = stats_->site(site);
   c.calls += 1;
   if (rank() == root) count_native(c, p - 1, n * sizeof(float));
-  backend_->broadcast(buf, n * sizeof(float), root);
+  guarded(site, [&] { backend_->broadcast(buf, n * sizeof(float), root); });
 }
 
 }  // namespace lossytp

@@ -86,6 +86,11 @@ class Comm {
   void all_reduce_as_ring(float* buf, size_t n, const std::string& site, ReduceOp op = ReduceOp::Sum);
 
  private:
+  void all_reduce_impl(float* buf, size_t n, const std::string& site, ReduceOp op);
+  void all_gather_impl(const float* in, float* out, size_t n_per_rank, const std::string& site);
+  void reduce_scatter_impl(const float* in, float* out, size_t n_per_rank, const std::string& site);
+  template <typename F>
+  void guarded(const std::string& site, F&& body);
   // How a call at `site` is carried out.
   enum class Path { Native, Ring, Endpoint, Reliable };
   Path path_for(const std::string& site) const;

@@ -38,7 +38,7 @@ Groups::~Groups() {
   dp.reset();
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized) {
+  if (!finalized && !abandoned) {
     if (tp_comm != MPI_COMM_NULL) MPI_Comm_free(&tp_comm);
     if (dp_comm != MPI_COMM_NULL) MPI_Comm_free(&dp_comm);
   }

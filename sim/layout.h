@@ -30,6 +30,9 @@ struct Groups {
   std::unique_ptr<Comm> tp;
   std::unique_ptr<Comm> dp;
   MPI_Comm tp_comm = MPI_COMM_NULL, dp_comm = MPI_COMM_NULL;
+  // Set when the run failed: its communicators may hold operations that never complete, so
+  // they are left alone (not freed) rather than risk waiting on them.
+  bool abandoned = false;
 
   Groups() = default;
   Groups(const Groups&) = delete;

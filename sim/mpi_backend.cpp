@@ -1,6 +1,8 @@
 #include "sim/mpi_backend.h"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <climits>
 #include <stdexcept>
 #include <vector>
@@ -27,67 +29,129 @@ MpiBackend::MpiBackend(MPI_Comm comm) : comm_(comm) {
   MPI_Comm_size(comm_, &size_);
 }
 
+void MpiBackend::wait(MPI_Request* reqs, int n, const char* what) {
+  if (timeout_s_ <= 0) {
+    check(MPI_Waitall(n, reqs, MPI_STATUSES_IGNORE), what);
+    return;
+  }
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+  for (long spins = 0;; ++spins) {
+    int done = 0;
+    check(MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE), what);
+    if (done) return;
+    // Spin briefly (fast collectives), then poll gently so a waiting rank leaves the core to
+    // the ranks still computing.
+    if (spins > 2000) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    if ((spins & 63) == 0 && Clock::now() > deadline) {
+      std::string ranks;
+      for (int r : world_ranks()) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
+      // The requests stay pending: the communicator is abandoned with the run.
+      throw CommTimeout(std::string(what) + " waited more than " + std::to_string(timeout_s_) +
+                        " s for its peers (job ranks " + ranks + ")");
+    }
+  }
+}
+
+std::vector<int> MpiBackend::world_ranks() const {
+  MPI_Group mine, world;
+  MPI_Comm_group(comm_, &mine);
+  MPI_Comm_group(MPI_COMM_WORLD, &world);
+  std::vector<int> local(size_), global(size_);
+  for (int i = 0; i < size_; ++i) local[i] = i;
+  MPI_Group_translate_ranks(mine, size_, local.data(), world, global.data());
+  MPI_Group_free(&mine);
+  MPI_Group_free(&world);
+  return global;
+}
+
 void MpiBackend::send(const void* buf, size_t bytes, int dst, int tag) {
   const char* p = static_cast<const char*>(buf);
-  for (size_t off = 0; off < bytes || off == 0; off += kChunk) {
+  size_t off = 0;
+  do {
     int n = static_cast<int>(std::min(kChunk, bytes - off));
-    check(MPI_Send(p + off, n, MPI_BYTE, dst, tag, comm_), "MPI_Send");
-    if (bytes == 0) break;
-  }
+    MPI_Request r;
+    check(MPI_Isend(p + off, n, MPI_BYTE, dst, tag, comm_, &r), "MPI_Isend");
+    wait(&r, 1, "send");
+    off += static_cast<size_t>(n);
+  } while (off < bytes);
 }
 
 void MpiBackend::recv(void* buf, size_t bytes, int src, int tag) {
   char* p = static_cast<char*>(buf);
-  for (size_t off = 0; off < bytes || off == 0; off += kChunk) {
+  size_t off = 0;
+  do {
     int n = static_cast<int>(std::min(kChunk, bytes - off));
-    check(MPI_Recv(p + off, n, MPI_BYTE, src, tag, comm_, MPI_STATUS_IGNORE), "MPI_Recv");
-    if (bytes == 0) break;
-  }
+    MPI_Request r;
+    check(MPI_Irecv(p + off, n, MPI_BYTE, src, tag, comm_, &r), "MPI_Irecv");
+    wait(&r, 1, "recv");
+    off += static_cast<size_t>(n);
+  } while (off < bytes);
 }
 
 void MpiBackend::sendrecv(const void* sbuf, size_t sbytes, int dst, void* rbuf, size_t rbytes,
                           int src, int tag) {
   if (sbytes > INT_MAX || rbytes > INT_MAX)
     throw std::runtime_error("sendrecv of more than 2 GiB in one hop is not supported");
-  check(MPI_Sendrecv(sbuf, static_cast<int>(sbytes), MPI_BYTE, dst, tag, rbuf,
-                     static_cast<int>(rbytes), MPI_BYTE, src, tag, comm_, MPI_STATUS_IGNORE),
-        "MPI_Sendrecv");
+  MPI_Request r[2];
+  check(MPI_Irecv(rbuf, static_cast<int>(rbytes), MPI_BYTE, src, tag, comm_, &r[0]), "MPI_Irecv");
+  check(MPI_Isend(sbuf, static_cast<int>(sbytes), MPI_BYTE, dst, tag, comm_, &r[1]), "MPI_Isend");
+  wait(r, 2, "ring hop");
 }
 
 void MpiBackend::all_reduce(float* buf, size_t n, ReduceOp op) {
   if (size_ == 1) return;
-  for (size_t off = 0; off < n; off += kChunk / 4)
-    check(MPI_Allreduce(MPI_IN_PLACE, buf + off, static_cast<int>(std::min(kChunk / 4, n - off)),
-                        MPI_FLOAT, mpi_op(op), comm_),
-          "MPI_Allreduce");
+  for (size_t off = 0; off < n; off += kChunk / 4) {
+    MPI_Request r;
+    if (timeout_s_ <= 0) {  // the blocking collective picks the tuned algorithm
+      check(MPI_Allreduce(MPI_IN_PLACE, buf + off, static_cast<int>(std::min(kChunk / 4, n - off)),
+                          MPI_FLOAT, mpi_op(op), comm_), "MPI_Allreduce");
+      continue;
+    }
+    check(MPI_Iallreduce(MPI_IN_PLACE, buf + off, static_cast<int>(std::min(kChunk / 4, n - off)),
+                         MPI_FLOAT, mpi_op(op), comm_, &r), "MPI_Iallreduce");
+    wait(&r, 1, "all-reduce");
+  }
 }
 
 void MpiBackend::all_reduce_f64(double* buf, size_t n, ReduceOp op) {
   if (size_ == 1) return;
-  check(MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_DOUBLE, mpi_op(op), comm_),
-        "MPI_Allreduce");
+  MPI_Request r;
+  check(MPI_Iallreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_DOUBLE, mpi_op(op), comm_, &r),
+        "MPI_Iallreduce");
+  wait(&r, 1, "all-reduce");
 }
 
 void MpiBackend::all_gather(const float* in, float* out, size_t n_per_rank) {
   if (n_per_rank > INT_MAX) throw std::runtime_error("all_gather block larger than INT_MAX");
-  check(MPI_Allgather(in, static_cast<int>(n_per_rank), MPI_FLOAT, out,
-                      static_cast<int>(n_per_rank), MPI_FLOAT, comm_),
-        "MPI_Allgather");
+  MPI_Request r;
+  check(MPI_Iallgather(in, static_cast<int>(n_per_rank), MPI_FLOAT, out, static_cast<int>(n_per_rank),
+                       MPI_FLOAT, comm_, &r), "MPI_Iallgather");
+  wait(&r, 1, "all-gather");
 }
 
 void MpiBackend::reduce_scatter(const float* in, float* out, size_t n_per_rank) {
   if (n_per_rank > INT_MAX) throw std::runtime_error("reduce_scatter block larger than INT_MAX");
-  check(MPI_Reduce_scatter_block(in, out, static_cast<int>(n_per_rank), MPI_FLOAT, MPI_SUM, comm_),
-        "MPI_Reduce_scatter_block");
+  MPI_Request r;
+  check(MPI_Ireduce_scatter_block(in, out, static_cast<int>(n_per_rank), MPI_FLOAT, MPI_SUM, comm_, &r),
+        "MPI_Ireduce_scatter_block");
+  wait(&r, 1, "reduce-scatter");
 }
 
 void MpiBackend::broadcast(void* buf, size_t bytes, int root) {
   char* p = static_cast<char*>(buf);
-  for (size_t off = 0; off < bytes; off += kChunk)
-    check(MPI_Bcast(p + off, static_cast<int>(std::min(kChunk, bytes - off)), MPI_BYTE, root, comm_),
-          "MPI_Bcast");
+  for (size_t off = 0; off < bytes; off += kChunk) {
+    MPI_Request r;
+    check(MPI_Ibcast(p + off, static_cast<int>(std::min(kChunk, bytes - off)), MPI_BYTE, root, comm_, &r),
+          "MPI_Ibcast");
+    wait(&r, 1, "broadcast");
+  }
 }
 
-void MpiBackend::barrier() { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+void MpiBackend::barrier() {
+  MPI_Request r;
+  check(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier");
+  wait(&r, 1, "barrier");
+}
 
 }  // namespace lossytp

@@ -1,5 +1,6 @@
 // Backend over an MPI communicator (CPU memory). The communicator is borrowed: the caller keeps
-// it alive (sim/layout.cpp creates and frees the TP and DP communicators).
+// it alive (sim/layout.cpp creates and frees the TP and DP communicators). Every call is issued
+// non-blocking and waited for with the backend's timeout, so a hung peer becomes a CommTimeout.
 #pragma once
 #include <mpi.h>
 
@@ -25,8 +26,11 @@ class MpiBackend final : public Backend {
   void reduce_scatter(const float* in, float* out, size_t n_per_rank) override;
   void broadcast(void* buf, size_t bytes, int root) override;
   void barrier() override;
+  std::vector<int> world_ranks() const override;
 
  private:
+  // Waits for the requests; throws CommTimeout after timeout() seconds.
+  void wait(MPI_Request* reqs, int n, const char* what);
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
 };
