@@ -105,9 +105,14 @@ def family(net):
     return "+".join(names)
 
 
+OPERATIONAL = ("out", "threads", "log-interval", "save-interval", "comm-timeout", "load")
+
+
 def twin_key(config):
+    """twins: same config except net, net-only keys and keys that change how, not what, a run
+    computes"""
     c = {k: v for k, v in config.items()
-         if not (k == "net" or k.startswith("net-") or k.startswith("net_") or k in ("out", "threads"))}
+         if not (k == "net" or k.startswith("net-") or k.startswith("net_") or k in OPERATIONAL)}
     return json.dumps(c, sort_keys=True)
 
 
@@ -370,6 +375,7 @@ def plot_loss_curves(runs, outdir):
                      if r["floor"] is not None and math.isfinite(r["floor"])})
     any_eval = any(r["eval_loss"] is not None and len(r["eval_loss"]) for r in runs)
     any_band = False
+    plotted, late = [], []  # plotted values, and those after the first 10 % of iterations
     for ax, facet in zip(axes.flat, facets):
         in_facet = [r for r in runs if r["facet"] == facet]
         for net in nets:
@@ -384,6 +390,11 @@ def plot_loss_curves(runs, outdir):
             if tr is not None:
                 it, med, lo, hi = tr
                 ax.plot(it, med, color=c, lw=2.6 if is_exact(net) else 1.4, zorder=z)
+                plotted.append(med)
+                late.append(med[len(med) // 10:])
+                if len(group) > 1:
+                    plotted += [lo, hi]
+                    late += [lo[len(lo) // 10:], hi[len(hi) // 10:]]
                 if len(group) > 1:
                     ax.fill_between(it, lo, hi, color=c, alpha=0.15, lw=0, zorder=z - 2)
                     any_band = True
@@ -392,17 +403,22 @@ def plot_loss_curves(runs, outdir):
                 it, med, lo, hi = ev
                 ax.plot(it, med, color=c, lw=2.2 if is_exact(net) else 1.3, ls="--", marker="o",
                         ms=5 if is_exact(net) else 3.5, zorder=z)
+                plotted.append(med)
+                late.append(med)
+                if len(group) > 1:
+                    plotted += [lo, hi]
+                    late += [lo, hi]
                 if len(group) > 1:
                     ax.fill_between(it, lo, hi, color=c, alpha=0.08, lw=0, zorder=z - 2)
-            label = "%s (%s)" % (net, seeds_text(len(group)))
+            others = {}
+            for r in group:
+                if r["status"] != "completed":
+                    others[r["status"] or "no status"] = others.get(r["status"] or "no status", 0) + 1
+            label = "%s (%s%s)" % (net, seeds_text(len(group)),
+                                   "".join("; %d %s" % (k, st) for st, k in sorted(others.items())))
             if label not in labels:
                 labels.append(label)
                 handles.append(Line2D([], [], color=c, lw=2.6 if is_exact(net) else 2))
-        for fl in floors:
-            ax.axhline(fl, color="dimgray", ls=":", lw=1.4, zorder=1)
-            ax.annotate("entropy floor (%.2f nats)" % fl, xy=(1.0, fl), xycoords=("axes fraction", "data"),
-                        xytext=(-4, 3), textcoords="offset points", ha="right", va="bottom",
-                        fontsize=8, color="dimgray")
         ax.set_xlabel("iteration (optimizer steps)")
         if facet:
             ax.set_title(facet_label(facet), fontsize=10)
@@ -412,21 +428,30 @@ def plot_loss_curves(runs, outdir):
     ylabel = "loss (nats/token)"
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    # Readable range: the first iterations (loss near ln(vocab)) would squash the rest.
-    all_med = []
-    for r in runs:
-        if r["train_loss"] is not None and len(r["train_loss"]) >= 20:
-            v = clean(r["train_loss"])[len(r["train_loss"]) // 10:]
-            all_med.append(v[np.isfinite(v)])
-    if all_med and any(len(a) for a in all_med):
-        v = np.concatenate(all_med)
-        top = np.nanpercentile(v, 99.5)
-        bottom = min([np.nanmin(v)] + floors)
-        span = max(top - bottom, 1e-3)
-        first = max((np.nanmax(clean(r["train_loss"])[:3]) for r in runs
-                     if r["train_loss"] is not None and len(r["train_loss"]) >= 20), default=top)
-        if first > top + 0.5 * span:  # clip the start only when it would dominate
-            axes[0, 0].set_ylim(bottom - 0.05 * span, top + 0.15 * span)
+    # The y range: what is plotted, without the first iterations (loss near ln(vocab)) when they
+    # would squash the rest, and with the entropy floor when it is near enough to be useful.
+    shown_floors, hidden_floors = list(floors), []
+    vals = np.concatenate([a[np.isfinite(a)] for a in plotted]) if plotted else np.array([])
+    if len(vals):
+        lo, hi = float(vals.min()), float(vals.max())
+        late_vals = np.concatenate([a[np.isfinite(a)] for a in late]) if late else np.array([])
+        if longest >= 20 and len(late_vals):
+            top = float(np.percentile(late_vals, 99.5))
+            if hi > top + 0.5 * max(top - lo, 1e-6):
+                hi = top
+        span = max(hi - lo, 1e-3)
+        shown_floors = [f for f in floors if f >= lo - span]
+        hidden_floors = [f for f in floors if f < lo - span]
+        bottom = min([lo] + shown_floors)
+        full = max(hi - bottom, 1e-3)
+        axes[0, 0].set_ylim(bottom - 0.05 * full, hi + 0.08 * full)
+    for ax in axes.flat[:len(facets)]:
+        for fl in shown_floors:
+            ax.axhline(fl, color="dimgray", ls=":", lw=1.4, zorder=1)
+            ax.annotate("entropy floor (%.2f nats)" % fl, xy=(1.0, fl),
+                        xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=8,
+                        color="dimgray")
     style = [Line2D([], [], color="gray", lw=1.6, label="train loss, median over seeds" +
                     (" (mean of last %d iterations)" % window if window > 1 else ""))]
     if any_eval:
@@ -434,9 +459,12 @@ def plot_loss_curves(runs, outdir):
                             label="eval loss (held-out), median over seeds"))
     if any_band:
         style.append(Patch(color="gray", alpha=0.25, label="band: min–max over seeds"))
-    if floors:
+    if shown_floors:
         style.append(Line2D([], [], color="dimgray", ls=":", lw=1.4,
                             label="entropy floor of the data (lowest possible loss)"))
+    for fl in hidden_floors:
+        style.append(Line2D([], [], color="none", label="entropy floor (%.2f nats): below the "
+                            "plotted range" % fl))
     leg_handles = handles + [Line2D([], [], color="none")] + style
     leg_labels = labels + [""] + [h.get_label() for h in style]
     fig.legend(leg_handles, leg_labels, loc="upper left", bbox_to_anchor=(1.0, 0.93),
@@ -465,15 +493,18 @@ def family_style(fam, assigned):
 
 
 def spread_labels(ax, items, line_pt=9.0):
-    """items: (x, y, text, colour) in data coordinates. Places each text right of its point,
-    moving labels down (in points) until none overlaps another."""
+    """items: (x, y, text, colour) in data coordinates. Places each text right of its point (left
+    of it when it would leave the axes), moving labels down until none overlaps another."""
     fig = ax.figure
     fig.canvas.draw()
     scale = 72.0 / fig.dpi
+    right_edge = ax.get_window_extent().x1 * scale
     placed = []  # (x0, x1, y) in points
     for x, y, text, colour in sorted(items, key=lambda it: -it[1]):
         px, py = ax.transData.transform((x, y)) * scale
-        x0, x1 = px + 6, px + 6 + 4.2 * len(text)
+        width = 4.2 * len(text)
+        left = px + 8 + width > right_edge
+        x0, x1 = (px - 8 - width, px - 8) if left else (px + 8, px + 8 + width)
         ly = py + 3
         moved = True
         while moved:
@@ -483,8 +514,8 @@ def spread_labels(ax, items, line_pt=9.0):
                     ly = b - line_pt
                     moved = True
         placed.append((x0, x1, ly))
-        ax.annotate(text, (x, y), xytext=(6, ly - py), textcoords="offset points", fontsize=7,
-                    color=colour, va="center",
+        ax.annotate(text, (x, y), xytext=(-8 if left else 8, ly - py), textcoords="offset points",
+                    fontsize=7, color=colour, va="center", ha="right" if left else "left",
                     arrowprops=None if abs(ly - py - 3) < 1 else
                     dict(arrowstyle="-", color=colour, lw=0.5, alpha=0.6, shrinkA=0, shrinkB=3))
 
@@ -528,7 +559,7 @@ def plot_gap(runs, outdir):
     ax.set_title("Eval-loss gap to the exact run with the same config and seed", fontsize=12)
     ax.grid(True, alpha=0.3)
     lo, hi = ax.get_xlim()
-    ax.set_xlim(min(lo, -0.03 * max(hi, 1e-9)), hi + 0.25 * (hi - lo))  # room for the labels
+    ax.set_xlim(min(lo, -0.03 * max(hi, 1e-9)), hi + 0.1 * (hi - lo))
     handles = [Line2D([], [], color=family_style(f, extra)[0], marker=family_style(f, extra)[1],
                       ls="none", ms=8, markeredgecolor="black", label=f) for f in families]
     handles += [Line2D([], [], color="none", label=""),

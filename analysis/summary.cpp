@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -40,6 +41,11 @@ std::string config_key(const std::string& param) {
 bool is_net_only_key(const std::string& key) {
   return key == "net" || key.rfind("net-", 0) == 0 || key.rfind("net_", 0) == 0;
 }
+
+// Config keys that change where and how a run is carried out, not what it computes: twins may
+// differ in them.
+const std::set<std::string> kOperationalKeys = {"out",           "threads",      "log-interval",
+                                                "save-interval", "comm-timeout", "load"};
 
 std::optional<double> attr_number(const MetricsFile& m, const std::string& name) {
   auto it = m.attrs().find(name);
@@ -400,7 +406,7 @@ std::string model_family(const std::string& net) {
 std::string twin_key(const json& config) {
   json c = config.is_object() ? config : json::object();
   for (auto it = c.begin(); it != c.end();) {
-    if (is_net_only_key(it.key()) || it.key() == "out" || it.key() == "threads")
+    if (is_net_only_key(it.key()) || kOperationalKeys.count(it.key()))
       it = c.erase(it);
     else
       ++it;
@@ -535,6 +541,21 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
     if (fresh) groups.push_back(SeedGroup{key, {}, 0, {}, {}, {}, {}});
     groups[it->second].run_ids.push_back(r.id);
   }
+  // Order: by the parameters (numbers as numbers), the exact group first among equals, then
+  // in order of first appearance.
+  const size_t np = s.params.size();
+  std::stable_sort(groups.begin(), groups.end(), [np](const SeedGroup& a, const SeedGroup& b) {
+    for (size_t i = 0; i < np; ++i) {
+      if (a.key[i] == b.key[i]) continue;
+      char* ea = nullptr;
+      char* eb = nullptr;
+      const double x = std::strtod(a.key[i].c_str(), &ea), y = std::strtod(b.key[i].c_str(), &eb);
+      if (!a.key[i].empty() && !b.key[i].empty() && *ea == '\0' && *eb == '\0' && x != y)
+        return x < y;
+      return a.key[i] < b.key[i];
+    }
+    return is_exact_spec(a.key[np]) && !is_exact_spec(b.key[np]);
+  });
   std::map<std::string, const RunRecord*> by_id;
   for (const auto& r : s.runs) by_id[r.id] = &r;
   for (auto& g : groups) {

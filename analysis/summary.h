@@ -63,7 +63,8 @@ Summary summarize_dir(const std::string& dir);
 
 // The pairing rule, exposed for tests: a spec is exact when every model in it is `exact`
 // (options such as packet= or transport= allowed), and two runs are twins when their configs
-// agree on everything except net, out, threads and net-only keys (names starting "net-").
+// agree on everything except net, net-only keys (names starting "net-") and the operational
+// keys out, threads, log-interval, save-interval, comm-timeout and load.
 bool is_exact_spec(const std::string& net);
 std::string model_family(const std::string& net);  // "caat:p=0.5+ge:p=.." -> "caat+ge"
 std::string twin_key(const nlohmann::json& config);

@@ -474,11 +474,11 @@ int run_grid(const GridOptions& opt) {
           const double eta = elapsed / done_now * (total_todo - done_now);
           std::string detail;
           char buf[160];
-          if (rep.contains("final_train_loss")) {
+          if (rep.contains("final_train_loss") && rep["final_train_loss"].is_number()) {
             std::snprintf(buf, sizeof buf, ", train loss %.4f", rep["final_train_loss"].get<double>());
             detail += buf;
           }
-          if (rep.contains("final_eval_loss")) {
+          if (rep.contains("final_eval_loss") && rep["final_eval_loss"].is_number()) {
             std::snprintf(buf, sizeof buf, ", eval loss %.4f", rep["final_eval_loss"].get<double>());
             detail += buf;
           }

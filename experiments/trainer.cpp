@@ -160,6 +160,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
                 corpus.train.size(), corpus.val.size(), cfg.model.vocab_size,
                 corpus.entropy_floor ? (", entropy floor " + std::to_string(*corpus.entropy_floor) + " nats").c_str() : "");
     std::printf("network: %s\n", net->describe().c_str());
+    if (!net->exact() && layout.tp * layout.dp == 1)
+      std::printf("note: a single rank sends no messages: the network model has nothing to act on\n");
     std::printf("output: %s/metrics.h5\n", cfg.out.c_str());
     if (start_it > 0) std::printf("resumed from the checkpoint of iteration %lld\n", static_cast<long long>(start_it));
     std::fflush(stdout);

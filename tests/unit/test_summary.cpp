@@ -345,17 +345,18 @@ TEST_CASE("gap CI is empty with one seed; a lossy run without a twin has no gap"
                                       .config_overrides = {{"lr", 0.003}}});
   // Different seed: no exact run with seed 7.
   write_run(t.dir, "drop-seed7", RunSpec{.net = "drop:rate=0.1", .seed = 7, .eval = {3.2}});
-  // Twins ignore out, threads and net-only keys.
+  // Twins ignore out, threads, net-only keys and operational keys.
   write_run(t.dir, "drop-threads", RunSpec{.net = "drop:rate=0.1", .eval = {3.4},
                                            .config_overrides = {{"threads", 8},
-                                                                {"net-seed", 5}}});
+                                                                {"net-seed", 5},
+                                                                {"save-interval", 7}}});
   const Summary s = summarize_dir(t.str());
   CHECK(*find_run(s, "drop").eval_loss_gap == Approx(0.3));
   CHECK_FALSE(find_run(s, "drop-lr").eval_loss_gap);
   CHECK_FALSE(find_run(s, "drop-seed7").eval_loss_gap);
   CHECK(*find_run(s, "drop-threads").eval_loss_gap == Approx(0.4));
-  // lr and net-seed differ between runs (threads is excluded): they become columns.
-  CHECK(s.params == std::vector<std::string>{"lr", "net-seed"});
+  // lr, net-seed and save-interval differ between runs (threads is excluded): columns.
+  CHECK(s.params == std::vector<std::string>{"lr", "net-seed", "save-interval"});
   CHECK(find_run(s, "drop").params.at("lr") == "0.001");  // float32 in the config, shown short
   CHECK(find_run(s, "drop-lr").params.at("lr") == "0.003");
   const auto rows = csv_records(summary_csv(s));
@@ -369,7 +370,8 @@ TEST_CASE("gap CI is empty with one seed; a lossy run without a twin has no gap"
     CHECK(r.at("gap_ci_contains_zero").empty());
     // "drop" and "drop-seed7" differ only in the seed: one group of two runs, one gap.
     if (r.at("runs") == "1") CHECK(r.at("final_eval_loss_std").empty());
-    if (r.at("net") == "drop:rate=0.1" && r.at("lr") == "0.001" && r.at("net-seed").empty()) {
+    if (r.at("net") == "drop:rate=0.1" && r.at("lr") == "0.001" && r.at("net-seed").empty() &&
+        r.at("save-interval").empty()) {
       CHECK(r.at("runs") == "2");
       CHECK(num(r.at("final_eval_loss_mean")) == Approx(3.25));
       CHECK(num(r.at("eval_loss_gap_mean")) == Approx(0.3));
