@@ -1,4 +1,4 @@
-// lossytp: the command-line entry point. Verbs: train, grid, net sample (summarize, plot to come).
+// lossytp: the command-line entry point. Verbs: train, grid, summarize, plot, net sample.
 // Every rank parses the same arguments; an error anywhere before training stops every rank
 // cleanly with one message (from the lowest rank that found it) and exit status 2.
 #include <mpi.h>
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "analysis/commands.h"
 #include "experiments/collective_errors.h"
 #include "experiments/dataset.h"
 #include "experiments/grid.h"
@@ -148,6 +149,17 @@ int main(int argc, char** argv) {
     grid_cmd->add_option("--out", grid_opts.out, "results folder (one sub-folder per run, grid.json)")->required();
     grid_cmd->add_flag("--force", grid_opts.force, "run a changed grid file in a folder made by an older version of it");
     grid_cmd->add_flag("--verbose", grid_opts.verbose, "progress lines of every run's iterations");
+    std::string an_dir, an_out;
+    bool an_quiet = false;
+    CLI::App* sum_cmd = app.add_subcommand(
+        "summarize", "one CSV row per run, and one per configuration aggregated over seeds");
+    sum_cmd->add_option("DIR", an_dir, "folder of runs (a grid's --out, or one run's folder)")->required();
+    sum_cmd->add_option("-o,--output", an_out, "summary CSV (default DIR/summary.csv; the aggregate goes next to it)");
+    sum_cmd->add_flag("--quiet", an_quiet, "print nothing but errors");
+    CLI::App* plot_cmd = app.add_subcommand("plot", "PNG plots of a folder of runs (matplotlib)");
+    plot_cmd->add_option("DIR", an_dir, "folder of runs")->required();
+    plot_cmd->add_option("-o,--output", an_out, "folder for the PNGs (default DIR/plots)");
+    plot_cmd->add_flag("--quiet", an_quiet, "print nothing but errors");
     CLI::App* net_cmd = app.add_subcommand("net", "inspect network models");
     net_cmd->require_subcommand(1);
     CLI::App* sample_cmd = net_cmd->add_subcommand(
@@ -196,6 +208,13 @@ int main(int argc, char** argv) {
       rc = 2;
     } else if (train_cmd->parsed()) {
       rc = cmd_train(train_opts);
+    } else if (sum_cmd->parsed() || plot_cmd->parsed()) {
+      // one process does the analysis; the others wait for its verdict
+      int status = 0;
+      if (root) status = sum_cmd->parsed() ? run_summarize(an_dir, an_out, an_quiet)
+                                           : run_plot(an_dir, an_out, an_quiet);
+      MPI_Bcast(&status, 1, MPI_INT, 0, MPI_COMM_WORLD);
+      rc = status;
     } else if (grid_cmd->parsed()) {
       rc = run_grid(grid_opts);
     } else if (sample_cmd->parsed()) {

@@ -5,6 +5,7 @@
 
 #include "netmodels/netmodel.h"
 
+#include <charconv>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -134,10 +135,10 @@ std::string toml_value_to_arg(const toml::node& n, const std::string& file,
   if (auto v = n.as_string()) return v->get();
   if (auto v = n.as_integer()) return std::to_string(v->get());
   if (auto v = n.as_floating_point()) {
-    std::ostringstream os;
-    os.precision(17);
-    os << v->get();
-    return os.str();
+    // shortest text that reads back to the same double: 0.003, not 0.0030000000000000001
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v->get());
+    return std::string(buf, r.ptr);
   }
   if (auto v = n.as_boolean()) return v->get() ? "true" : "false";
   throw std::invalid_argument(file + ": key '" + key + "' must be a string, number or boolean");
