@@ -1,6 +1,6 @@
 // The analysis verbs of the CLI. Both read a folder of runs: DIR/<run-id>/metrics.h5 for every
 // direct subfolder that has one (hidden folders skipped), or DIR itself when it is one run's
-// folder; DIR/grid.json, when present, names the swept parameters (docs/analysis.md).
+// folder; DIR/grid.json, when present, names the swept parameters (docs/experiments.md).
 //
 //   lossytp summarize DIR [-o summary.csv] [--quiet]
 //     Writes one row per run to DIR/summary.csv (or -o PATH) and one row per configuration,

@@ -1,7 +1,7 @@
 // The summary of a folder of runs: one row per run (its swept parameters, status, final losses,
 // observed loss rate, throughput, simulated communication time and the eval-loss gap against its
 // exact twin) and one row per configuration aggregated over seeds (mean, sample std and Student-t
-// 95 % confidence interval of the final eval loss and of the gap). docs/analysis.md describes
+// 95 % confidence interval of the final eval loss and of the gap). docs/experiments.md describes
 // every column; commands.h turns this into `lossytp summarize`.
 #pragma once
 #include <cstdint>

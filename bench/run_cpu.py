@@ -51,7 +51,6 @@ def parse_args():
     p.add_argument("--rounds", type=int, help="runs of each configuration (default 3; quick 1)")
     p.add_argument("--iters", type=int, help="training steps per run (default 25; quick 10)")
     p.add_argument("--warmup", type=int, help="steps left out of each median (default 5; quick 3)")
-    p.add_argument("--model", default="gpt-tiny", help="lossytp preset (the PyTorch peer is gpt-tiny-shaped)")
     p.add_argument("--json", default=os.path.join(REPO, "bench", "results", "latest.json"))
     p.add_argument("--quiet-wait", type=float,
                    help="seconds in all (default 150; quick 20) that the driver may spend, before "
@@ -64,6 +63,7 @@ def parse_args():
     p.add_argument("--only", default="", help="comma list of configs to run: "
                    "lossytp-1t,torch-1t,lossytp-tp2,lossytp-2t,torch-2t (default: all)")
     a = p.parse_args()
+    a.model = "gpt-tiny"  # bench/torch_gpt.py's defaults are this preset's shape
     a.build_dir = os.path.abspath(a.build_dir)
     a.json = os.path.abspath(a.json)
     a.quiet_wait = a.quiet_wait if a.quiet_wait is not None else (20.0 if a.quick else 150.0)
@@ -352,6 +352,9 @@ def fmt_ok(ok):
 def main():
     a = parse_args()
     only = set(x for x in a.only.split(",") if x) or {c[0] for c in CONFIGS}
+    unknown = only - {c[0] for c in CONFIGS}
+    if unknown:
+        sys.exit(f"run_cpu.py: unknown --only configuration(s): {', '.join(sorted(unknown))}")
     configs = [c for c in CONFIGS if c[0] in only]
     workdir = tempfile.mkdtemp(prefix="lossytp-bench-")
     t_begin = time.monotonic()
@@ -472,18 +475,24 @@ def main():
               f"{s['model_gflops']:.1f} | {100 * s['fraction_of_sgemm_peak']:.0f} % | "
               f"{s['peak_rss_mib']:.0f} | {s['other_load_cores']:.2f}{flag} |")
     print()
+    def noisy(*keys):
+        return "  [noisy input: re-run]" if any(summary[k]["noisy"] for k in keys) else ""
+
     if "lossytp_vs_pytorch_1t" in targets:
         t = targets["lossytp_vs_pytorch_1t"]
-        print(f"lossytp / PyTorch tokens/s, 1 thread:    {t['value']:.2f}x  (target >= {t['target']}x)  {fmt_ok(t['met'])}")
+        print(f"lossytp / PyTorch tokens/s, 1 thread:    {t['value']:.2f}x  (target >= {t['target']}x)  "
+              f"{fmt_ok(t['met'])}{noisy('lossytp-1t', 'torch-1t')}")
     if "tp2_speedup" in targets:
         t = targets["tp2_speedup"]
-        print(f"TP=2 (2 ranks) / TP=1 (1 thread):        {t['value']:.2f}x  (target >= {t['target']}x)  {fmt_ok(t['met'])}")
+        print(f"TP=2 (2 ranks) / TP=1 (1 thread):        {t['value']:.2f}x  (target >= {t['target']}x)  "
+              f"{fmt_ok(t['met'])}{noisy('lossytp-1t', 'lossytp-tp2')}")
     if "peak_rss_vs_pytorch_1t" in targets:
         t = targets["peak_rss_vs_pytorch_1t"]
         print(f"peak RSS lossytp / PyTorch, 1 thread:    {t['lossytp_mib']:.0f} / {t['pytorch_mib']:.0f} MiB "
               f"= {t['value']:.2f}  (target <= 1)  {fmt_ok(t['met'])}")
     if "lossytp_vs_pytorch_2t" in info:
-        print(f"lossytp / PyTorch tokens/s, 2 threads:   {info['lossytp_vs_pytorch_2t']:.2f}x  (information)")
+        print(f"lossytp / PyTorch tokens/s, 2 threads:   {info['lossytp_vs_pytorch_2t']:.2f}x  (information)"
+              f"{noisy('lossytp-2t', 'torch-2t')}")
     if any(s["noisy"] for s in summary.values()):
         print(f"\nWARNING: some figures were measured while other processes used > {NOISY_CORES} cores "
               "(see 'other load'); re-run when the machine is idle.")
