@@ -35,15 +35,19 @@ void MpiBackend::wait(MPI_Request* reqs, int n, const char* what) {
     return;
   }
   using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::duration<double>(timeout_s_);
   for (long spins = 0;; ++spins) {
     int done = 0;
     check(MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE), what);
     if (done) return;
-    // Spin briefly (fast collectives), then poll gently so a waiting rank leaves the core to
-    // the ranks still computing.
-    if (spins > 2000) std::this_thread::sleep_for(std::chrono::microseconds(20));
-    if ((spins & 63) == 0 && Clock::now() > deadline) {
+    // A non-blocking collective only progresses inside MPI calls: poll without pausing, as the
+    // blocking call would, for the first 50 ms; then gently, so that a rank waiting on a slow
+    // or hung peer leaves the core to the ranks still computing.
+    if ((spins & 255) != 0) continue;
+    const auto now = Clock::now();
+    if (now - start > std::chrono::milliseconds(50)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    if (now > deadline) {
       std::string ranks;
       for (int r : world_ranks()) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
       // The requests stay pending: the communicator is abandoned with the run.
