@@ -45,7 +45,7 @@ if [[ -f "$BUILD_DIR/CMakeCache.txt" ]]; then
   fi
 fi
 if (( no_build )); then
-  for exe in "$BUILD_DIR/lossytp" "$BUILD_DIR/bench/bench_sgemm_peak"; do
+  for exe in "$BUILD_DIR/lossytp" "$BUILD_DIR/bench/bench_sgemm_peak" "$BUILD_DIR/bench/bench_netmodel_masks"; do
     [[ -x "$exe" ]] || { echo "bench/run.sh: --no-build but $exe does not exist" >&2; exit 1; }
   done
   echo "bench/run.sh: --no-build: using the binaries already in $BUILD_DIR (they may predate the working tree)" >&2
@@ -53,7 +53,7 @@ if (( no_build )); then
 else
   echo "bench/run.sh: building lossytp (Release) in $BUILD_DIR ..." >&2
   if ! { cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null &&
-         cmake --build "$BUILD_DIR" -j2 --target lossytp bench_sgemm_peak >/dev/null; }; then
+         cmake --build "$BUILD_DIR" -j2 --target lossytp bench_sgemm_peak bench_netmodel_masks >/dev/null; }; then
     echo "bench/run.sh: the build failed (see above). To benchmark the binaries already built, run" >&2
     echo "  bash bench/run.sh --no-build ${args[*]}" >&2
     exit 1

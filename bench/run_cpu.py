@@ -41,6 +41,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISY_CORES = 0.25
 TARGET_VS_TORCH = 1.2
 TARGET_TP2 = 1.7
+TARGET_LOSSY_STEP = 1.10   # TP=2 step under ge (ring mode) / TP=2 step under exact
+LOSSY_NET = "ge:preset=one"
 
 
 def parse_args():
@@ -257,6 +259,8 @@ def run_lossytp(a, workdir, tag, ranks, threads):
     train = [exe, "train", "--model", a.model, "--threads", str(threads),
              "--train-iters", str(a.iters), "--eval-iters", "0", "--log-interval", "5",
              "--quiet", "--out", os.path.join(run_dir, "out"), "--overwrite"]
+    if tag.startswith("lossytp-tp2-ge"):
+        train += ["--net", LOSSY_NET]
     if ranks > 1:
         train += ["--tensor-model-parallel-size", str(ranks)]
         cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + train
@@ -300,6 +304,7 @@ CONFIGS = [
     ("lossytp-1t", "lossytp TP=1, 1 rank x 1 thread", "lossytp", 1, 1),
     ("torch-1t", "PyTorch, 1 thread", "torch", 1, 1),
     ("lossytp-tp2", "lossytp TP=2, 2 ranks x 1 thread", "lossytp", 2, 1),
+    ("lossytp-tp2-ge", f"lossytp TP=2 under {LOSSY_NET} (ring)", "lossytp", 2, 1),
     ("lossytp-2t", "lossytp TP=1, 1 rank x 2 threads", "lossytp", 1, 2),
     ("torch-2t", "PyTorch, 2 threads", "torch", 1, 2),
 ]
@@ -423,6 +428,10 @@ def main():
     if {"lossytp-1t", "lossytp-tp2"} <= summary.keys():
         sp = summary["lossytp-tp2"]["tokens_per_second"] / summary["lossytp-1t"]["tokens_per_second"]
         targets["tp2_speedup"] = {"value": sp, "target": TARGET_TP2, "met": sp >= TARGET_TP2}
+    if {"lossytp-tp2", "lossytp-tp2-ge"} <= summary.keys():
+        r = summary["lossytp-tp2-ge"]["step_time_s"] / summary["lossytp-tp2"]["step_time_s"]
+        targets["lossy_step_vs_exact_tp2"] = {"value": r, "target": TARGET_LOSSY_STEP,
+                                              "met": r <= TARGET_LOSSY_STEP}
     info = {}
     if {"lossytp-2t", "torch-2t"} <= summary.keys():
         info["lossytp_vs_pytorch_2t"] = (summary["lossytp-2t"]["tokens_per_second"] /
@@ -486,6 +495,10 @@ def main():
         t = targets["tp2_speedup"]
         print(f"TP=2 (2 ranks) / TP=1 (1 thread):        {t['value']:.2f}x  (target >= {t['target']}x)  "
               f"{fmt_ok(t['met'])}{noisy('lossytp-1t', 'lossytp-tp2')}")
+    if "lossy_step_vs_exact_tp2" in targets:
+        t = targets["lossy_step_vs_exact_tp2"]
+        print(f"TP=2 step under {LOSSY_NET} / exact:  {t['value']:.2f}x  (target <= {t['target']}x)  "
+              f"{fmt_ok(t['met'])}{noisy('lossytp-tp2', 'lossytp-tp2-ge')}")
     if "peak_rss_vs_pytorch_1t" in targets:
         t = targets["peak_rss_vs_pytorch_1t"]
         print(f"peak RSS lossytp / PyTorch, 1 thread:    {t['lossytp_mib']:.0f} / {t['pytorch_mib']:.0f} MiB "
@@ -496,6 +509,12 @@ def main():
     if any(s["noisy"] for s in summary.values()):
         print(f"\nWARNING: some figures were measured while other processes used > {NOISY_CORES} cores "
               "(see 'other load'); re-run when the machine is idle.")
+    masks_exe = os.path.join(a.build_dir, "bench", "bench_netmodel_masks")
+    if os.path.exists(masks_exe):
+        print("\nNetwork-model masks, one core (build/bench/bench_netmodel_masks):")
+        out = subprocess.run([masks_exe, "20000000" if a.quick else "100000000"], capture_output=True,
+                             text=True, env=base_env(1)).stdout
+        print("\n".join("  " + l for l in out.splitlines() if l.strip()))
     print(f"\n{elapsed:.0f} s in all; results in {os.path.relpath(a.json, os.getcwd())}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
