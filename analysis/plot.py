@@ -16,8 +16,8 @@ DIR is a folder of runs, DIR/<run-id>/metrics.h5 (or one run folder). Writes int
                         the target loss = 1.05 x the exact runs' final train loss.
 
 Prints "wrote PATH" per figure and "note: ..." for figures it skips. Exit status: 0 ok, 2 bad
-input (message on stderr), 3 missing Python modules. analysis/plot_script.cpp embeds this file
-(run analysis/embed_plot_script.sh after editing it; a unit test checks the copy).
+input (message on stderr), 3 missing Python modules. CMake compiles this file into the lossytp
+binary (analysis/plot_script.h), so `lossytp plot` needs no source tree.
 """
 import json
 import math

@@ -1,7 +1,6 @@
 // The plotting script (analysis/plot.py) embedded in the binary, so `lossytp plot` works from
-// any directory without the source tree. analysis/plot.py is the source of truth: after editing
-// it, run analysis/embed_plot_script.sh to regenerate plot_script.cpp (a unit test fails while
-// the two differ).
+// any directory without the source tree. CMake generates its definition from analysis/plot.py
+// at configure time (and re-configures when the script changes).
 #pragma once
 #include <string_view>
 

@@ -555,6 +555,6 @@ TEST_CASE("the embedded plotting script is analysis/plot.py", "[analysis]") {
   const fs::path py = src / "analysis" / "plot.py";
   REQUIRE(fs::exists(py));
   const std::string text = read_file(py);
-  INFO("analysis/plot_script.cpp is stale: run bash analysis/embed_plot_script.sh");
+  INFO("the generated plot_script.cpp is stale: re-run cmake");
   CHECK(std::string(plot_script()) == text);
 }
