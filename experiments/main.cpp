@@ -22,6 +22,7 @@
 #include "experiments/trainer.h"
 #include "netmodels/netmodel.h"
 #include "netmodels/sample.h"
+#include "sim/local_backend.h"
 
 #include <cstdlib>
 #include <unistd.h>
@@ -55,12 +56,39 @@ std::string default_out_dir(const TrainConfig& c) {
          "-" + stamp;
 }
 
+// --virtual-ranks N: N threads of this process, each one rank of the run.
+int train_virtual(const TrainConfig& cfg, const TokenCorpus& corpus) {
+  LocalWorld world(cfg.virtual_ranks);
+  std::vector<std::string> errors(cfg.virtual_ranks);
+  std::vector<std::string> status(cfg.virtual_ranks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < cfg.virtual_ranks; ++r)
+    threads.emplace_back([&, r] {
+      TrainConfig mine = cfg;
+      if (r != 0) mine.quiet = true;
+      try {
+        status[r] = train(mine, corpus, world, r).status;
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < cfg.virtual_ranks; ++r)
+    if (!errors[r].empty()) {
+      std::fprintf(stderr, "lossytp: virtual rank %d: training failed: %s\n", r, errors[r].c_str());
+      return 1;
+    }
+  return status[0] == "completed" ? 0 : 3;
+}
+
 int cmd_train(TrainOptions& opts) {
   TrainConfig cfg;
   TokenCorpus corpus;
   std::string error;
   try {
-    cfg = finish_train_config(opts, world_size());
+    if (opts.cfg.virtual_ranks > 0 && world_size() > 1)
+      throw std::invalid_argument("--virtual-ranks runs all ranks in one process: launch it without mpirun (or with -np 1)");
+    cfg = finish_train_config(opts, opts.cfg.virtual_ranks > 0 ? opts.cfg.virtual_ranks : world_size());
     corpus = load_corpus(cfg.data);
     reconcile_data(cfg, corpus);
   } catch (const std::exception& e) {
@@ -68,7 +96,10 @@ int cmd_train(TrainOptions& opts) {
   }
   if (!all_ranks_ok(error)) return 2;
   if (cfg.out.empty()) cfg.out = default_out_dir(cfg);
-  if (cfg.threads == 0) cfg.threads = default_threads();
+  if (cfg.threads == 0)
+    cfg.threads = cfg.virtual_ranks > 0
+                      ? std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / cfg.virtual_ranks)
+                      : default_threads();
   if (world_rank() == 0) {
     namespace fs = std::filesystem;
     std::error_code ec;
@@ -85,6 +116,7 @@ int cmd_train(TrainOptions& opts) {
   }
   if (!all_ranks_ok(error)) return 2;
 
+  if (cfg.virtual_ranks > 0) return train_virtual(cfg, corpus);
   try {
     TrainResult r = train(cfg, corpus, MPI_COMM_WORLD);
     return r.status == "completed" ? 0 : 3;

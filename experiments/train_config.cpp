@@ -125,6 +125,8 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.add_option("--debug-fail-at", c.debug_fail_at, "testing: rank 0 throws at iteration N")
       ->group("");
   app.add_option("--out", c.out, "run folder for metrics.h5 (default: runs/<model>-tp<T>-dp<D>-<time>)");
+  app.add_option("--virtual-ranks", c.virtual_ranks,
+                 "run N ranks as threads of this one process (no mpirun; any tp x dp layout)");
   app.add_option("--threads", c.threads, "compute threads per rank (default: cores / ranks on the node)");
   app.add_flag("--quiet", c.quiet, "no progress lines");
   app.add_flag("--overwrite", c.overwrite, "replace an existing metrics.h5 in --out");
@@ -238,13 +240,13 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (c.tp < 1) bad("--tensor-model-parallel-size must be >= 1, got " + std::to_string(c.tp));
   if (c.dp < 0) bad("--data-parallel-size must be >= 1, got " + std::to_string(c.dp));
   if (world % c.tp != 0)
-    bad("world size " + std::to_string(world) + " (mpirun -np) is not divisible by --tensor-model-parallel-size " +
+    bad("world size " + std::to_string(world) + " (mpirun -np or --virtual-ranks) is not divisible by --tensor-model-parallel-size " +
         std::to_string(c.tp));
   if (c.dp == 0) c.dp = world / c.tp;
   if (c.tp * c.dp != world)
     bad("--tensor-model-parallel-size " + std::to_string(c.tp) + " x --data-parallel-size " +
         std::to_string(c.dp) + " = " + std::to_string(c.tp * c.dp) + " ranks, but the world has " +
-        std::to_string(world) + " (mpirun -np)");
+        std::to_string(world) + " (mpirun -np or --virtual-ranks)");
   c.model.validate(c.tp);
   if (c.micro_batch_size < 1) bad("--micro-batch-size must be >= 1");
   if (c.global_batch_size == 0) c.global_batch_size = c.micro_batch_size * c.dp;
@@ -265,6 +267,7 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (!(c.adam.beta2 >= 0 && c.adam.beta2 < 1)) bad("--adam-beta2 must be in [0, 1)");
   if (!(c.adam.eps > 0)) bad("--adam-eps must be > 0");
   if (c.threads < 0) bad("--threads must be >= 0");
+  if (c.virtual_ranks < 0) bad("--virtual-ranks must be >= 0");
   if (c.save_interval < 0) bad("--save-interval must be >= 0");
   if (c.comm_timeout < 0) bad("--comm-timeout must be >= 0");
   if (c.max_loss < 0) bad("--max-loss must be >= 0");

@@ -44,6 +44,7 @@ struct TrainConfig {
   int debug_fail_at = 0;      // testing: rank 0 throws at this iteration
   std::string out;  // empty: runs/<model>-tp<tp>-dp<dp>-<time>
   int threads = 0;  // 0: cores / ranks on this node
+  int virtual_ranks = 0;  // > 0: run this many ranks as threads of one process (no MPI)
   bool quiet = false;
   bool overwrite = false;
   bool vocab_size_given = false;  // --vocab-size was set explicitly (flag or file)

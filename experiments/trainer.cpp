@@ -15,6 +15,7 @@
 #include "models/gpt.h"
 #include "netmodels/netmodel.h"
 #include "sim/layout.h"
+#include "sim/local_backend.h"
 #include "sim/mpi_backend.h"
 
 namespace lossytp {
@@ -86,16 +87,34 @@ SiteCounters log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>&
 }  // namespace
 
 TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm run_comm) {
-  int world = 1, rank = 0;
-  MPI_Comm_size(run_comm, &world);
-  MPI_Comm_rank(run_comm, &rank);
+  RunRanks r;
+  MPI_Comm_size(run_comm, &r.size);
+  MPI_Comm_rank(run_comm, &r.rank);
+  r.run = std::make_unique<MpiBackend>(run_comm);
+  r.make_groups = [run_comm](const Layout& l) { return make_mpi_groups(run_comm, l); };
+  return train(cfg, corpus, std::move(r));
+}
+
+TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, LocalWorld& world, int rank) {
+  RunRanks r;
+  r.size = world.size();
+  r.rank = rank;
+  std::vector<int> all(world.size());
+  for (int i = 0; i < world.size(); ++i) all[i] = i;
+  r.run = world.group("run", all, rank);
+  r.make_groups = [&world](const Layout& l) { return make_local_groups(world, l); };
+  return train(cfg, corpus, std::move(r));
+}
+
+TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ranks) {
+  const int world = ranks.size, rank = ranks.rank;
   const Layout layout = Layout::make(world, rank, cfg.tp, cfg.dp);
-  auto groups = make_mpi_groups(run_comm, layout);
+  auto groups = ranks.make_groups(layout);
   Comm& tp = *groups->tp;
   Comm& dp = *groups->dp;
   // Control traffic of the run (loss, divergence, checkpoints): never lossy, never counted.
-  MpiBackend run(run_comm);
-  for (Backend* b : {&tp.backend(), &dp.backend(), static_cast<Backend*>(&run)}) b->set_timeout(cfg.comm_timeout);
+  Backend& run = *ranks.run;
+  for (Backend* b : {&tp.backend(), &dp.backend(), &run}) b->set_timeout(cfg.comm_timeout);
   auto net = std::make_shared<const net::NetSpec>(net::parse_net_spec(cfg.net));
   tp.set_network(net, cfg.seed);
   dp.set_network(net, cfg.seed);

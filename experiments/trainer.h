@@ -8,6 +8,11 @@
 
 #include "experiments/dataset.h"
 #include "experiments/train_config.h"
+#include "sim/backend.h"
+#include "sim/layout.h"
+
+#include <functional>
+#include <memory>
 
 namespace lossytp {
 
@@ -20,10 +25,21 @@ struct TrainResult {
   double observed_loss_rate = 0.0;  // packets lost / packets exposed to the model, all ranks
 };
 
+// The ranks of one run, whatever carries them (MPI processes, or threads of one process).
+struct RunRanks {
+  int rank = 0, size = 1;
+  std::unique_ptr<Backend> run;  // the whole run's group: control traffic, checkpoints
+  std::function<std::unique_ptr<Groups>(const Layout&)> make_groups;  // its TP and DP groups
+};
+
 // Throws on failure, after rank 0 has marked metrics.h5 `failed` with the message in the
 // attribute `error` (when rank 0 is the one that failed or noticed it through a timeout).
 // Resumes from cfg.load's latest checkpoint when cfg.load is set. Progress lines go to stdout on
 // rank 0 unless cfg.quiet.
+TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ranks);
+// Every rank of an MPI communicator.
 TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm run_comm);
+// Virtual rank `rank` of a LocalWorld: every thread of the world calls it (--virtual-ranks).
+TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, LocalWorld& world, int rank);
 
 }  // namespace lossytp

@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "sim/local_backend.h"
 #include "sim/mpi_backend.h"
 
 namespace lossytp {
@@ -53,6 +54,22 @@ std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout)
   MPI_Comm_split(run_comm, layout.tp_rank, layout.dp_rank, &g->dp_comm);
   g->tp = std::make_unique<Comm>(std::make_unique<MpiBackend>(g->tp_comm), "tp", g->stats);
   g->dp = std::make_unique<Comm>(std::make_unique<MpiBackend>(g->dp_comm), "dp", g->stats);
+  return g;
+}
+
+}  // namespace lossytp
+
+namespace lossytp {
+
+std::unique_ptr<Groups> make_local_groups(LocalWorld& world, const Layout& l) {
+  auto g = std::make_unique<Groups>();
+  g->layout = l;
+  g->stats = std::make_shared<CommStats>();
+  std::vector<int> tp_members, dp_members;
+  for (int t = 0; t < l.tp; ++t) tp_members.push_back(t + l.tp * l.dp_rank);
+  for (int d = 0; d < l.dp; ++d) dp_members.push_back(l.tp_rank + l.tp * d);
+  g->tp = std::make_unique<Comm>(world.group("tp", tp_members, l.rank), "tp", g->stats);
+  g->dp = std::make_unique<Comm>(world.group("dp", dp_members, l.rank), "dp", g->stats);
   return g;
 }
 

@@ -42,4 +42,9 @@ struct Groups {
 
 std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout);
 
+class LocalWorld;
+// The same groups among the virtual ranks (threads) of a LocalWorld; layout.rank is the
+// thread's world rank.
+std::unique_ptr<Groups> make_local_groups(LocalWorld& world, const Layout& layout);
+
 }  // namespace lossytp

@@ -27,7 +27,7 @@ small=(--num-layers 1 --hidden-size 32 --num-attention-heads 4 --seq-length 16 -
 
 expect_error 1 "--bogus" train --bogus 1
 expect_error 1 "A subcommand is required"
-expect_error 3 "world size 3 (mpirun -np) is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}"
+expect_error 3 "world size 3 (mpirun -np or --virtual-ranks) is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}"
 expect_error 4 "= 6 ranks, but the world has 4" train --tp 2 --dp 3 "${small[@]}"
 expect_error 2 "--num-attention-heads 3 is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}" --hidden-size 48 --num-attention-heads 3
 expect_error 2 "--vocab-size 63 is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}" --vocab-size 63

@@ -1,0 +1,131 @@
+// Virtual ranks (threads of one process, sim/local_backend.h): the same training as MPI ranks,
+// without MPI. TP=2 and TP=2 x DP=2 match TP=1; network models act on the local collectives.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include "experiments/dataset.h"
+#include "experiments/trainer.h"
+#include "sim/comm.h"
+#include "sim/local_backend.h"
+
+using namespace lossytp;
+namespace fs = std::filesystem;
+
+namespace {
+
+TrainConfig tiny(int tp, int dp, int micro, int global) {
+  TrainConfig c;
+  c.model.vocab_size = 256;
+  c.model.seq_length = 32;
+  c.model.num_layers = 2;
+  c.model.hidden_size = 64;
+  c.model.num_attention_heads = 4;
+  c.tp = tp;
+  c.dp = dp;
+  c.micro_batch_size = micro;
+  c.global_batch_size = global;
+  c.train_iters = 20;
+  c.lr = 3e-3f;
+  c.min_lr = 3e-4f;
+  c.lr_warmup_iters = 3;
+  c.eval_interval = 10;
+  c.eval_iters = 2;
+  c.quiet = true;
+  c.threads = 1;
+  c.seed = 7;
+  c.comm_timeout = 60;
+  c.data.vocab_size = 256;
+  c.data.synthetic_train_tokens = 1 << 15;
+  c.data.synthetic_val_tokens = 1 << 12;
+  c.data.synthetic_branching = 8;
+  return c;
+}
+
+// Runs cfg on tp*dp virtual ranks; returns rank 0's trajectory.
+TrainResult run_virtual(TrainConfig cfg, const std::string& name) {
+  const int n = cfg.tp * cfg.dp;
+  cfg.out = (fs::temp_directory_path() / ("lossytp-virtual-" + name + "-" + std::to_string(::getpid()))).string();
+  TokenCorpus corpus = load_corpus(cfg.data);
+  LocalWorld world(n);
+  std::vector<TrainResult> results(n);
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        results[r] = train(cfg, corpus, world, r);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors) REQUIRE(e.empty());
+  fs::remove_all(cfg.out);
+  return results[0];
+}
+
+double worst_relative(const std::vector<double>& a, const std::vector<double>& b) {
+  REQUIRE(a.size() == b.size());
+  double w = 0;
+  for (size_t i = 0; i < a.size(); ++i) w = std::max(w, std::abs(a[i] - b[i]) / std::abs(b[i]));
+  return w;
+}
+
+}  // namespace
+
+TEST_CASE("virtual ranks: TP=2 and TP=2 x DP=2 match TP=1", "[virtual]") {
+  auto ref = run_virtual(tiny(1, 1, 4, 8), "ref").train_loss;
+  CHECK(ref.back() < ref.front() - 0.3);
+  CHECK(worst_relative(run_virtual(tiny(2, 1, 4, 8), "tp2").train_loss, ref) <= 1e-5);
+  CHECK(worst_relative(run_virtual(tiny(2, 2, 2, 8), "tp2dp2").train_loss, ref) <= 1e-5);
+}
+
+TEST_CASE("virtual ranks: a lossy network acts and is counted", "[virtual]") {
+  TrainConfig cfg = tiny(2, 1, 4, 4);
+  cfg.net = "ge:preset=one,packet=16";
+  TrainResult r = run_virtual(cfg, "ge");
+  CHECK(std::isfinite(r.train_loss.back()));
+  CHECK(std::abs(r.observed_loss_rate - 0.05) < 0.005);
+}
+
+TEST_CASE("local backend collectives give identical results on every member", "[virtual]") {
+  const int p = 3;
+  LocalWorld world(p);
+  std::vector<std::vector<float>> sums(p), gathered(p), scattered(p);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < p; ++r)
+    threads.emplace_back([&, r] {
+      Comm comm(world.group("t", {0, 1, 2}, r), "tp", nullptr);
+      std::vector<float> x = {1.0f * r, 2.0f, 0.1f * r};
+      comm.all_reduce(x.data(), 3, "s");
+      sums[r] = x;
+      std::vector<float> mine = {static_cast<float>(r)}, all(p);
+      comm.all_gather(mine.data(), all.data(), 1, "g");
+      gathered[r] = all;
+      std::vector<float> in(p, 1.0f + r), out(1);
+      comm.reduce_scatter(in.data(), out.data(), 1, "rs");
+      scattered[r] = out;
+      std::vector<float> ring = {1.0f * r, 10.0f};
+      comm.all_reduce_as_ring(ring.data(), 2, "ring");
+      CHECK(ring[0] == 3.0f);
+      CHECK(ring[1] == 30.0f);
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < p; ++r) {
+    CHECK(sums[r] == sums[0]);
+    CHECK(sums[r][0] == 3.0f);
+    CHECK(gathered[r] == std::vector<float>{0, 1, 2});
+    CHECK(scattered[r][0] == 6.0f);
+  }
+}
+
+TEST_CASE("local backend: a missing peer times out instead of hanging", "[virtual]") {
+  LocalWorld world(2);
+  auto b = world.group("t", {0, 1}, 0);
+  b->set_timeout(0.2);
+  float x = 1;
+  CHECK_THROWS_AS(b->all_reduce(&x, 1, ReduceOp::Sum), CommTimeout);
+}
