@@ -6,7 +6,7 @@
 // Randomness is counter-based (Philox 4x32-10, kernels/philox.h): the fate of packet i of a
 // message is a pure function of (seed, group, site, iteration, call, hop, src, dst, i), so every
 // run, rank and device draws the same pattern for the same message, and links are independent.
-// The per-packet arithmetic lives in netmodels/packet_rng.h (usable from CUDA).
+// The per-packet arithmetic lives in kernels/packet_rng.h (usable from CUDA).
 #pragma once
 #include <cstddef>
 #include <cstdint>

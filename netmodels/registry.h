@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "netmodels/netmodel.h"
-#include "netmodels/packet_rng.h"
+#include "kernels/packet_rng.h"
 
 namespace lossytp::net {
 

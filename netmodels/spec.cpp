@@ -5,7 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "netmodels/packet_rng.h"
+#include "kernels/packet_rng.h"
 #include "netmodels/registry.h"
 
 namespace lossytp::net {

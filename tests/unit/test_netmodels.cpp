@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "netmodels/netmodel.h"
-#include "netmodels/packet_rng.h"
+#include "kernels/packet_rng.h"
 #include "netmodels/sample.h"
 
 using namespace lossytp::net;

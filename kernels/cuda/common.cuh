@@ -1,0 +1,22 @@
+// Shared helpers of the CUDA kernels (private to kernels/cuda).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace lossytp::cuda {
+
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+// After a launch: reports a bad configuration at once (errors inside the kernel surface at the
+// next synchronising call).
+inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+constexpr int kThreads = 256;
+inline unsigned blocks_for(size_t n, int threads = kThreads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+}  // namespace lossytp::cuda

@@ -1,0 +1,84 @@
+// CUDA kernels: the GPU twins of kernels/cpu/ops.h, on device pointers, with the same layouts
+// and the same accumulate/overwrite conventions (read that header first). Everything runs on
+// the current device's default stream, in order, with no host round trip; synchronize() waits.
+// Determinism: every reduction has a fixed order, except embedding_backward (atomic adds: the
+// order of additions into one vocabulary row varies between runs).
+// Built only when CMake finds CUDA and NCCL (LOSSYTP_HAVE_CUDA); plain C++ callers include this
+// header, the kernels live in kernels/cuda/*.cu.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/packet_rng.h"
+
+namespace lossytp::cuda {
+
+// ---- runtime
+// True when a CUDA device can be used (a driver and at least one GPU).
+bool device_available();
+std::string device_name();
+void* alloc(size_t bytes);  // zero-initialised; throws std::runtime_error on failure
+void free(void* p);
+void to_device(void* dst, const void* src, size_t bytes);
+void to_host(void* dst, const void* src, size_t bytes);
+void synchronize();  // also reports an error raised by an earlier kernel
+
+// ---- GEMM (cuBLAS), row-major, as cpu::sgemm
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc);
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                    int C, int OC);
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, int N, int C, int OC);
+
+// ---- LayerNorm, GELU
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int N, int C);
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean,
+                        const float* rstd, int N, int C);
+void gelu_forward(float* out, const float* inp, size_t n);
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
+
+// ---- causal attention, qkv [B, T, NH, 3, HD], out [B, T, NH, HD], lse [B, NH, T]
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD);
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int NH, int HD);
+
+// ---- embeddings
+void embedding_forward(float* out, const int32_t* tok, const float* table, int N, int C,
+                       int vocab_start, int V);
+void embedding_backward(float* dtable, const int32_t* tok, const float* dout, int N, int C,
+                        int vocab_start, int V);
+void position_forward(float* out, const float* pos, int B, int T, int C);
+void position_backward(float* dpos, const float* dout, int B, int T, int C);
+
+// ---- vocab-parallel cross-entropy pieces
+void ce_local_max(float* row_max, const float* logits, int N, int V);
+void ce_local_target(float* target_logit, const float* logits, const int32_t* tgt, int N, int V,
+                     int vocab_start);
+void ce_local_exp_sum(float* sum_exp, float* logits, const float* row_max, int N, int V);
+void ce_losses(float* losses, const float* row_max, const float* sum_exp,
+               const float* target_logit, int N);
+void ce_backward_inplace(float* logits, const float* sum_exp, const int32_t* tgt,
+                         const float* dloss, int N, int V, int vocab_start);
+
+// ---- AdamW
+void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int64_t t);
+
+// ---- network-model work on the device: the same per-packet functions as the CPU
+// (kernels/packet_rng.h), so a mask drawn here is bit-identical to the CPU's.
+// i.i.d. loss: lost[i] |= (word of packet i in `lane` < t), packets [0, n).
+void iid_mask(const net::PacketStream& s, uint32_t lane, uint64_t t, size_t n, uint8_t* lost);
+// Gilbert-Elliott, chain moving per packet (ge_packet_loss_reference on the device).
+void ge_packet_mask(const net::PacketStream& s, uint64_t t_pi, uint64_t t_gb, uint64_t t_bg,
+                    uint64_t t_loss_good, uint64_t t_loss_bad, size_t n, uint8_t* lost);
+// A received block through its packet mask (fill: 0 zero, 1 rescale, 2 local, 3 stale), as
+// sim/ring_collectives.h's apply_delivery; mask == nullptr: everything arrived.
+void apply_delivery(float* own, const float* recv, size_t len, const uint8_t* mask,
+                    size_t elems_per_packet, int fill, bool reduce, bool max_op, float rescale,
+                    float* stale);
+
+}  // namespace lossytp::cuda
