@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 
 #include "experiments/lr_schedule.h"
@@ -162,6 +163,11 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       metrics = std::make_unique<MetricsFile>(path);
     }
     metrics->set_attr("config", config_json);
+    {  // the resolved configuration, also as a file next to metrics.h5
+      const fs::path cj = fs::path(cfg.out) / "config.json";
+      std::ofstream(cj.string() + ".tmp") << cfg.to_json().dump(1) << "\n";
+      fs::rename(cj.string() + ".tmp", cj);
+    }
     metrics->set_attr("status", std::string("running"));
     metrics->set_attr("version", std::string(LOSSYTP_VERSION));
     metrics->set_attr("num_parameters", static_cast<int64_t>(cfg.model.num_parameters()));
