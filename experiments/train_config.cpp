@@ -12,6 +12,14 @@
 
 namespace lossytp {
 
+// A float as the double with the same shortest decimal text (0.9f -> 0.9, not 0.8999999761...),
+// so the JSON reads as the user wrote it.
+static double clean(float x) {
+  char buf[32];
+  auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::strtod(std::string(buf, r.ptr).c_str(), nullptr);
+}
+
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
   j["model"] = model_preset;
@@ -21,23 +29,23 @@ nlohmann::json TrainConfig::to_json() const {
   j["hidden-size"] = model.hidden_size;
   j["num-attention-heads"] = model.num_attention_heads;
   j["ffn-hidden-size"] = model.ffn();
-  j["init-method-std"] = model.init_std;
+  j["init-method-std"] = clean(model.init_std);
   j["tensor-model-parallel-size"] = tp;
   j["data-parallel-size"] = dp;
   j["micro-batch-size"] = micro_batch_size;
   j["global-batch-size"] = global_batch_size;
-  j["lr"] = lr;
-  j["min-lr"] = min_lr;
+  j["lr"] = clean(lr);
+  j["min-lr"] = clean(min_lr);
   j["lr-warmup-iters"] = lr_warmup_iters;
   j["train-iters"] = train_iters;
   j["eval-interval"] = eval_interval;
   j["eval-iters"] = eval_iters;
   j["log-interval"] = log_interval;
-  j["clip-grad"] = clip_grad;
-  j["weight-decay"] = adam.weight_decay;
-  j["adam-beta1"] = adam.beta1;
-  j["adam-beta2"] = adam.beta2;
-  j["adam-eps"] = adam.eps;
+  j["clip-grad"] = clean(clip_grad);
+  j["weight-decay"] = clean(adam.weight_decay);
+  j["adam-beta1"] = clean(adam.beta1);
+  j["adam-beta2"] = clean(adam.beta2);
+  j["adam-eps"] = clean(adam.eps);
   j["seed"] = seed;
   j["data"] = data.path.empty() ? "synthetic" : data.path;
   j["eval-data"] = data.eval_path;
