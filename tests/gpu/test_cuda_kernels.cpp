@@ -11,7 +11,10 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/philox.h"
+#include "sim/nccl_backend.h"
 #include "sim/ring_collectives.h"
+
+#include <mpi.h>
 
 using namespace lossytp;
 
@@ -205,11 +208,28 @@ TEST_CASE("a received block through its mask and fill policy matches the CPU", "
     }
 }
 
+TEST_CASE("the NCCL backend moves device memory (one rank)", "[gpu]") {
+  NcclBackend b(MPI_COMM_SELF);
+  b.set_timeout(30);
+  std::vector<float> x = {1, 2, 3, 4};
+  Dev<float> gx(x), gy(4), gz(4);
+  b.sendrecv(gx.p, 16, 0, gy.p, 16, 0, 0);  // a ring hop to itself
+  CHECK(gy.host() == x);
+  b.all_gather(gx.p, gz.p, 4);
+  CHECK(gz.host() == x);
+  b.reduce_scatter(gx.p, gz.p, 4);
+  CHECK(gz.host() == x);
+  b.barrier();
+}
+
 int main(int argc, char** argv) {
   if (!cuda::device_available()) {
     std::printf("SKIP: no CUDA device on this machine; the GPU tests need one (the kernels were compiled and linked)\n");
     return 77;
   }
   std::printf("GPU: %s\n", cuda::device_name().c_str());
-  return Catch::Session().run(argc, argv);
+  MPI_Init(&argc, &argv);
+  const int rc = Catch::Session().run(argc, argv);
+  MPI_Finalize();
+  return rc;
 }

@@ -1,0 +1,138 @@
+#ifdef LOSSYTP_HAVE_CUDA
+#include "sim/nccl_backend.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+namespace lossytp {
+
+namespace {
+void check(ncclResult_t r, const char* what) {
+  if (r != ncclSuccess && r != ncclInProgress)
+    throw std::runtime_error(std::string(what) + ": " + ncclGetErrorString(r));
+}
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Sum ? ncclSum : ncclMax; }
+}  // namespace
+
+struct NcclBackend::Impl {
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  float* scratch = nullptr;  // one float for barrier()
+  bool aborted = false;
+};
+
+NcclBackend::NcclBackend(MPI_Comm comm) : impl_(std::make_unique<Impl>()) {
+  MPI_Comm_rank(comm, &rank_);
+  MPI_Comm_size(comm, &size_);
+  MPI_Group g, w;
+  MPI_Comm_group(comm, &g);
+  MPI_Comm_group(MPI_COMM_WORLD, &w);
+  std::vector<int> local(size_);
+  for (int i = 0; i < size_; ++i) local[i] = i;
+  world_ranks_.resize(size_);
+  MPI_Group_translate_ranks(g, size_, local.data(), w, world_ranks_.data());
+  MPI_Group_free(&g);
+  MPI_Group_free(&w);
+  ncclUniqueId id;
+  if (rank_ == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm);
+  check(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  check(ncclCommInitRank(&impl_->comm, size_, id, rank_), "ncclCommInitRank");
+  check(cudaMalloc(&impl_->scratch, sizeof(float)), "cudaMalloc");
+}
+
+NcclBackend::~NcclBackend() {
+  if (impl_->comm) {
+    if (impl_->aborted) ncclCommAbort(impl_->comm);
+    else ncclCommDestroy(impl_->comm);
+  }
+  if (impl_->scratch) cudaFree(impl_->scratch);
+  if (impl_->stream) cudaStreamDestroy(impl_->stream);
+}
+
+void NcclBackend::wait(const char* what) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  for (;;) {
+    const cudaError_t q = cudaStreamQuery(impl_->stream);
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) check(q, what);
+    ncclResult_t async = ncclSuccess;
+    check(ncclCommGetAsyncError(impl_->comm, &async), "ncclCommGetAsyncError");
+    check(async, what);
+    if (timeout_s_ > 0 && Clock::now() - start > std::chrono::duration<double>(timeout_s_)) {
+      impl_->aborted = true;
+      ncclCommAbort(impl_->comm);
+      impl_->comm = nullptr;
+      std::string ranks;
+      for (int r : world_ranks_) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
+      throw CommTimeout(std::string(what) + " waited more than " + std::to_string(timeout_s_) +
+                        " s for its peers (job ranks " + ranks + ")");
+    }
+    std::this_thread::yield();
+  }
+}
+
+void NcclBackend::send(const void* buf, size_t bytes, int dst, int) {
+  check(ncclSend(buf, bytes, ncclChar, dst, impl_->comm, impl_->stream), "ncclSend");
+  wait("send");
+}
+
+void NcclBackend::recv(void* buf, size_t bytes, int src, int) {
+  check(ncclRecv(buf, bytes, ncclChar, src, impl_->comm, impl_->stream), "ncclRecv");
+  wait("recv");
+}
+
+void NcclBackend::sendrecv(const void* sbuf, size_t sbytes, int dst, void* rbuf, size_t rbytes,
+                           int src, int) {
+  check(ncclGroupStart(), "ncclGroupStart");
+  check(ncclSend(sbuf, sbytes, ncclChar, dst, impl_->comm, impl_->stream), "ncclSend");
+  check(ncclRecv(rbuf, rbytes, ncclChar, src, impl_->comm, impl_->stream), "ncclRecv");
+  check(ncclGroupEnd(), "ncclGroupEnd");
+  wait("ring hop");
+}
+
+void NcclBackend::all_reduce(float* buf, size_t n, ReduceOp op) {
+  if (size_ == 1) return;
+  check(ncclAllReduce(buf, buf, n, ncclFloat, nccl_op(op), impl_->comm, impl_->stream), "ncclAllReduce");
+  wait("all-reduce");
+}
+
+void NcclBackend::all_reduce_f64(double* buf, size_t n, ReduceOp op) {
+  if (size_ == 1) return;
+  check(ncclAllReduce(buf, buf, n, ncclDouble, nccl_op(op), impl_->comm, impl_->stream), "ncclAllReduce");
+  wait("all-reduce");
+}
+
+void NcclBackend::all_gather(const float* in, float* out, size_t n_per_rank) {
+  check(ncclAllGather(in, out, n_per_rank, ncclFloat, impl_->comm, impl_->stream), "ncclAllGather");
+  wait("all-gather");
+}
+
+void NcclBackend::reduce_scatter(const float* in, float* out, size_t n_per_rank) {
+  check(ncclReduceScatter(in, out, n_per_rank, ncclFloat, ncclSum, impl_->comm, impl_->stream),
+        "ncclReduceScatter");
+  wait("reduce-scatter");
+}
+
+void NcclBackend::broadcast(void* buf, size_t bytes, int root) {
+  check(ncclBroadcast(buf, buf, bytes, ncclChar, root, impl_->comm, impl_->stream), "ncclBroadcast");
+  wait("broadcast");
+}
+
+void NcclBackend::barrier() {
+  check(ncclAllReduce(impl_->scratch, impl_->scratch, 1, ncclFloat, ncclSum, impl_->comm, impl_->stream),
+        "ncclAllReduce");
+  wait("barrier");
+}
+
+}  // namespace lossytp
+#endif

@@ -1,0 +1,47 @@
+// Backend over NCCL (GPU memory), one rank per GPU, created from an MPI communicator: rank 0's
+// ncclUniqueId is broadcast over MPI. Buffers passed to it are device pointers. Point-to-point
+// messages use ncclSend/ncclRecv (sendrecv in one group, so a ring hop cannot deadlock); the
+// collectives are NCCL's native ones. Every call waits for its stream with the backend's timeout:
+// a hung peer aborts the NCCL communicator and throws CommTimeout. Built with the GPU path only
+// (LOSSYTP_HAVE_CUDA).
+#pragma once
+#ifdef LOSSYTP_HAVE_CUDA
+#include <mpi.h>
+
+#include <memory>
+
+#include "sim/backend.h"
+
+namespace lossytp {
+
+class NcclBackend final : public Backend {
+ public:
+  // Collective over `comm`; uses the calling rank's current CUDA device.
+  explicit NcclBackend(MPI_Comm comm);
+  ~NcclBackend() override;
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return "nccl"; }
+
+  void send(const void* buf, size_t bytes, int dst, int tag) override;
+  void recv(void* buf, size_t bytes, int src, int tag) override;
+  void sendrecv(const void* sbuf, size_t sbytes, int dst, void* rbuf, size_t rbytes, int src,
+                int tag) override;
+  void all_reduce(float* buf, size_t n, ReduceOp op) override;
+  void all_reduce_f64(double* buf, size_t n, ReduceOp op) override;
+  void all_gather(const float* in, float* out, size_t n_per_rank) override;
+  void reduce_scatter(const float* in, float* out, size_t n_per_rank) override;
+  void broadcast(void* buf, size_t bytes, int root) override;
+  void barrier() override;
+  std::vector<int> world_ranks() const override { return world_ranks_; }
+
+ private:
+  void wait(const char* what);  // stream done, or CommTimeout after timeout()
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int rank_ = 0, size_ = 1;
+  std::vector<int> world_ranks_;
+};
+
+}  // namespace lossytp
+#endif
