@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "common/small_config.h"
 #include "experiments/dataset.h"
 #include "experiments/trainer.h"
 #include "sim/comm.h"
@@ -17,30 +18,8 @@ namespace fs = std::filesystem;
 namespace {
 
 TrainConfig tiny(int tp, int dp, int micro, int global) {
-  TrainConfig c;
-  c.model.vocab_size = 256;
-  c.model.seq_length = 32;
-  c.model.num_layers = 2;
-  c.model.hidden_size = 64;
-  c.model.num_attention_heads = 4;
-  c.tp = tp;
-  c.dp = dp;
-  c.micro_batch_size = micro;
-  c.global_batch_size = global;
-  c.train_iters = 20;
-  c.lr = 3e-3f;
-  c.min_lr = 3e-4f;
-  c.lr_warmup_iters = 3;
-  c.eval_interval = 10;
-  c.eval_iters = 2;
-  c.quiet = true;
-  c.threads = 1;
-  c.seed = 7;
+  TrainConfig c = testing::small_config(tp, dp, micro, global, 20);
   c.comm_timeout = 60;
-  c.data.vocab_size = 256;
-  c.data.synthetic_train_tokens = 1 << 15;
-  c.data.synthetic_val_tokens = 1 << 12;
-  c.data.synthetic_branching = 8;
   return c;
 }
 
