@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
   const bool root = world_rank() == 0;
   int rc = 0;
   {
-    CLI::App app{"lossytp: tensor-parallel transformer training over lossy networks"};
+    CLI::App app{"lossytp: tensor-parallel transformer training over lossy networks", "lossytp"};
     app.set_version_flag("--version", std::string("lossytp ") + LOSSYTP_VERSION);
     app.require_subcommand(1);
     CLI::App* train_cmd = app.add_subcommand("train", "train one model (launch with mpirun -np tp*dp)");
