@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "analysis/commands.h"
+#include "experiments/checkpoint.h"
 #include "experiments/collective_errors.h"
 #include "experiments/dataset.h"
 #include "experiments/grid.h"
@@ -54,6 +55,24 @@ std::string default_out_dir(const TrainConfig& c) {
   MPI_Bcast(stamp, sizeof stamp, MPI_CHAR, 0, MPI_COMM_WORLD);
   return "runs/" + c.model_preset + "-tp" + std::to_string(c.tp) + "-dp" + std::to_string(c.dp) +
          "-" + stamp;
+}
+
+// --load DIR: a complete checkpoint whose model and layout are this run's.
+std::string check_resumable(const TrainConfig& cfg) {
+  if (latest_checkpoint(cfg.load) < 0)
+    return "--load " + cfg.load + ": no checkpoint there (runs write them with --save-interval N)";
+  try {
+    const auto saved = nlohmann::json::parse(checkpoint_config(cfg.load));
+    const auto now = cfg.to_json();
+    for (const char* k : {"tensor-model-parallel-size", "data-parallel-size", "vocab-size", "seq-length",
+                          "num-layers", "hidden-size", "num-attention-heads", "ffn-hidden-size"})
+      if (saved.value(k, nlohmann::json()) != now[k])
+        return "--load " + cfg.load + ": the checkpoint has " + k + " = " + saved.value(k, nlohmann::json()).dump() +
+               ", this run " + now[k].dump();
+  } catch (const std::exception& e) {
+    return "--load " + cfg.load + ": cannot read the checkpoint's config.json (" + e.what() + ")";
+  }
+  return "";
 }
 
 // --virtual-ranks N: N threads of this process, each one rank of the run.
@@ -105,7 +124,10 @@ int cmd_train(TrainOptions& opts) {
     std::error_code ec;
     fs::path metrics = fs::path(cfg.out) / "metrics.h5";
     const bool resuming_here = !cfg.load.empty() && fs::exists(cfg.out, ec) && fs::equivalent(cfg.load, cfg.out, ec);
-    if (fs::exists(metrics, ec) && !cfg.overwrite && !resuming_here)
+    if (!cfg.load.empty()) error = check_resumable(cfg);
+    if (!error.empty()) {
+      // nothing is created for a run that cannot start
+    } else if (fs::exists(metrics, ec) && !cfg.overwrite && !resuming_here)
       error = "'" + metrics.string() + "' already exists; choose another --out, resume it with --load " + cfg.out + ", or pass --overwrite";
     else if (fs::exists(cfg.out, ec) && !fs::is_directory(cfg.out, ec))
       error = "--out '" + cfg.out + "' exists and is not a directory";

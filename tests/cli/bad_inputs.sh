@@ -69,6 +69,12 @@ expect_error 1 "packet" train "${small[@]}" --net drop:rate=0.1,packet=0
 expect_error 1 "malformed" train "${small[@]}" --net ge:p
 expect_error 1 "unknown model 'gee'" net sample --net gee
 
+# Resuming: a folder without a checkpoint, or a checkpoint of another model, is refused up front.
+expect_error 1 "no checkpoint there" train "${small[@]}" --load nock --out nock2
+[[ ! -e nock2 ]] || { echo "FAIL: a refused run created its folder"; fails=$((fails+1)); }
+"$L" train "${small[@]}" --save-interval 1 --out ck > /dev/null 2>&1 || { echo "FAIL: checkpointing run"; fails=$((fails+1)); }
+expect_error 1 "the checkpoint has num-layers = 1, this run 2" train "${small[@]}" --num-layers 2 --load ck --out ck
+
 # An existing run is never overwritten by accident.
 mkdir -p keep && printf 'precious' > keep/metrics.h5
 expect_error 2 "already exists" train "${small[@]}" --out keep
