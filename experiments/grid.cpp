@@ -423,7 +423,13 @@ int run_grid(const GridOptions& opt) {
         int grank = 0;
         MPI_Comm_rank(group, &grank);
         TrainConfig cfg = r.cfg;
-        cfg.quiet = !opt.verbose;
+        // Progress of long runs: a line every log interval with --verbose, else about five per run.
+        cfg.quiet = false;
+        cfg.progress_prefix = "  [" + r.id + "] ";
+        if (!opt.verbose) {
+          const int fifth = (cfg.train_iters + 4) / 5;
+          cfg.progress_interval = (fifth + cfg.log_interval - 1) / cfg.log_interval * cfg.log_interval;
+        }
         if (cfg.threads == 0) cfg.threads = default_threads;
         int64_t ck = grank == 0 ? latest_checkpoint(cfg.out) : -1;
         MPI_Bcast(&ck, 1, MPI_INT64_T, 0, group);

@@ -43,7 +43,7 @@ struct GridOptions {
   std::string file;
   std::string out;
   bool force = false;
-  bool verbose = false;  // per-iteration progress of every run
+  bool verbose = false;  // a progress line of every run at every log interval (else ~5 per run)
 };
 
 // Runs the grid on MPI_COMM_WORLD (every rank calls it). Returns the exit status: 0 when every

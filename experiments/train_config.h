@@ -46,6 +46,8 @@ struct TrainConfig {
   int threads = 0;  // 0: cores / ranks on this node
   int virtual_ranks = 0;  // > 0: run this many ranks as threads of one process (no MPI)
   bool quiet = false;
+  std::string progress_prefix;  // set by the grid: progress lines start with it, no header
+  int progress_interval = 0;    // progress line every N iterations (0: every log interval)
   bool overwrite = false;
   bool vocab_size_given = false;  // --vocab-size was set explicitly (flag or file)
 

@@ -124,6 +124,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   tp_opt.caat_p = net->caat_p;
   const bool leader = rank == 0;
   const bool verbose = leader && !cfg.quiet;
+  const bool header = verbose && cfg.progress_prefix.empty();
 
   // threads = 0 is resolved by the caller (it knows how many ranks share the node).
   cpu::set_num_threads(cfg.threads > 0 ? cfg.threads : 1);
@@ -177,7 +178,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     if (corpus.entropy_floor) metrics->set_attr("data_entropy_floor", *corpus.entropy_floor);
     metrics->flush();
   }
-  if (verbose) {
+  if (header) {
     std::printf("lossytp train: %s, %lld parameters, %s, %d x %d micro-batches of %d x %d tokens\n",
                 cfg.model_preset.c_str(), cfg.model.num_parameters(), layout.describe().c_str(),
                 layout.dp, n_micro, mb, T);
@@ -274,11 +275,12 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     if (iteration % cfg.log_interval == 0 || last || do_eval) {
       const double tok_s = tokens_per_iter * window_iters / window_time;
       result.tokens_per_second = tok_s;
-      if (verbose) {
+      const bool line = cfg.progress_interval <= 0 || iteration % cfg.progress_interval == 0 || last;
+      if (verbose && line) {
         const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
         const double eta = elapsed / (iteration - start_it) * (cfg.train_iters - iteration);
-        std::printf("iter %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.0f ms/iter | ETA %s",
-                    iteration, cfg.train_iters, loss, lr, grad_norm, tok_s,
+        std::printf("%siter %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.0f ms/iter | ETA %s",
+                    cfg.progress_prefix.c_str(), iteration, cfg.train_iters, loss, lr, grad_norm, tok_s,
                     1e3 * window_time / window_iters, format_duration(eta).c_str());
         if (do_eval) std::printf(" | eval_loss %.4f", eval_loss);
         std::printf("\n");
