@@ -2,6 +2,11 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
+
+#ifdef LOSSYTP_HAVE_CUDA
+#include "kernels/cuda/ops.h"
+#endif
 
 namespace lossytp {
 
@@ -21,9 +26,16 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }
 
 Tensor::Tensor(std::vector<int64_t> shape, Device dev) : shape_(std::move(shape)), device_(dev) {
-  if (dev != Device::CPU) throw std::runtime_error("CUDA tensors need the CUDA build");
   numel_ = count(shape_);
   size_t bytes = ((std::max<size_t>(numel_, 1) * sizeof(float) + 63) / 64) * 64;
+  if (dev == Device::CUDA) {
+#ifdef LOSSYTP_HAVE_CUDA
+    base_ = std::shared_ptr<float>(static_cast<float*>(cuda::alloc(bytes)), [](float* q) { cuda::free(q); });
+    return;
+#else
+    throw std::runtime_error("a CUDA tensor needs a build with CUDA (CMake found no nvcc/NCCL)");
+#endif
+  }
   void* p = std::aligned_alloc(64, bytes);
   if (!p) throw std::bad_alloc();
   std::memset(p, 0, bytes);
@@ -59,13 +71,53 @@ Tensor Tensor::flat(size_t offset, size_t n, std::vector<int64_t> shape) const {
   return t;
 }
 
-void Tensor::zero() { if (numel_) std::memset(data(), 0, bytes()); }
-void Tensor::fill(float v) { float* p = data(); for (size_t i = 0; i < numel_; ++i) p[i] = v; }
+void Tensor::zero() {
+  if (!numel_) return;
+  if (device_ == Device::CUDA) {
+    std::vector<float> z(numel_, 0.0f);
+    copy_from_host(z.data());
+    return;
+  }
+  std::memset(data(), 0, bytes());
+}
 
-Tensor Tensor::clone() const {
-  Tensor t(shape_, device_);
-  if (numel_) std::memcpy(t.data(), data(), bytes());
+void Tensor::fill(float v) {
+  if (device_ == Device::CUDA) {
+    std::vector<float> h(numel_, v);
+    copy_from_host(h.data());
+    return;
+  }
+  float* p = data();
+  for (size_t i = 0; i < numel_; ++i) p[i] = v;
+}
+
+Tensor Tensor::clone() const { return to(device_); }
+
+Tensor Tensor::to(Device dev) const {
+  Tensor t(shape_, dev);
+  if (!numel_) return t;
+  if (device_ == Device::CPU) {
+    t.copy_from_host(data());
+  } else {
+    std::vector<float> h(numel_);
+    copy_to_host(h.data());
+    t.copy_from_host(h.data());
+  }
   return t;
+}
+
+void Tensor::copy_from_host(const float* src) {
+  if (device_ == Device::CPU) { std::memcpy(data(), src, bytes()); return; }
+#ifdef LOSSYTP_HAVE_CUDA
+  cuda::to_device(data(), src, bytes());
+#endif
+}
+
+void Tensor::copy_to_host(float* dst) const {
+  if (device_ == Device::CPU) { std::memcpy(dst, data(), bytes()); return; }
+#ifdef LOSSYTP_HAVE_CUDA
+  cuda::to_host(dst, data(), bytes());
+#endif
 }
 
 }  // namespace lossytp

@@ -1,5 +1,6 @@
-// Tensor: an fp32 view into 64-byte-aligned shared storage, tagged with the device it lives on.
-// Views share storage (a slice of rows, a reshape); model code passes data() to kernels.
+// Tensor: an fp32 view into shared storage, tagged with the device it lives on: 64-byte-aligned
+// host memory, or GPU memory (builds with CUDA). Views share storage (a slice of rows, a
+// reshape); model code passes data() to kernels.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -40,6 +41,11 @@ class Tensor {
   void zero();
   void fill(float v);
   Tensor clone() const;
+  // A copy on `dev` (CUDA tensors need a build with CUDA).
+  Tensor to(Device dev) const;
+  // numel() floats between host memory and this tensor, wherever it lives.
+  void copy_from_host(const float* src);
+  void copy_to_host(float* dst) const;
 
  private:
   std::shared_ptr<float> base_;

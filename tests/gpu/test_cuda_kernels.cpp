@@ -12,6 +12,7 @@
 #include "kernels/cuda/ops.h"
 #include "kernels/philox.h"
 #include "sim/nccl_backend.h"
+#include "sim/tensor.h"
 #include "sim/ring_collectives.h"
 
 #include <mpi.h>
@@ -206,6 +207,20 @@ TEST_CASE("a received block through its mask and fill policy matches the CPU", "
       CHECK(diff(go.host(), o) == 0);
       CHECK(diff(gs.host(), st) == 0);
     }
+}
+
+TEST_CASE("tensors carry their device", "[gpu]") {
+  Tensor h({3, 4});
+  for (size_t i = 0; i < h.numel(); ++i) h.data()[i] = static_cast<float>(i);
+  Tensor d = h.to(Device::CUDA);
+  CHECK(d.device() == Device::CUDA);
+  Tensor back = d.slice(1, 3).to(Device::CPU);  // a view of rows 1..2
+  REQUIRE(back.numel() == 8);
+  CHECK(back.data()[0] == 4.0f);
+  d.fill(2.5f);
+  CHECK(d.to(Device::CPU).data()[11] == 2.5f);
+  d.zero();
+  CHECK(d.to(Device::CPU).data()[5] == 0.0f);
 }
 
 TEST_CASE("the NCCL backend moves device memory (one rank)", "[gpu]") {
