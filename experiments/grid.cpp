@@ -21,6 +21,7 @@
 #include "experiments/collective_errors.h"
 #include "experiments/metrics_file.h"
 #include "experiments/trainer.h"
+#include "sim/local_backend.h"
 #include "kernels/philox.h"
 
 namespace lossytp {
@@ -308,11 +309,16 @@ int run_grid(const GridOptions& opt) {
   };
   try {
     if (opt.out.empty()) throw std::invalid_argument("--out DIR is required");
+    if (opt.virtual_ranks < 0) throw std::invalid_argument("--virtual-ranks must be >= 0");
+    if (opt.virtual_ranks > 0 && W > 1)
+      throw std::invalid_argument("--virtual-ranks runs the grid in one process: launch it without mpirun (or with -np 1)");
     grid = load_grid(opt.file, opt.out);
     for (GridRun& r : grid.runs) {
-      if (r.ranks() > W)
+      const int avail = opt.virtual_ranks > 0 ? opt.virtual_ranks : W;
+      if (r.ranks() > avail)
         throw std::invalid_argument("run '" + r.id + "' needs tp x dp = " + std::to_string(r.ranks()) +
-                                    " ranks but the job has " + std::to_string(W) + " (mpirun -np)");
+                                    " ranks but the job has " + std::to_string(avail) +
+                                    (opt.virtual_ranks > 0 ? " (--virtual-ranks)" : " (mpirun -np)"));
       const std::string key = data_key(r.cfg);
       if (!corpora.count(key)) corpora.emplace(key, load_corpus(r.cfg.data));
       try {
@@ -382,8 +388,9 @@ int run_grid(const GridOptions& opt) {
   MPI_Bcast(todo.data(), static_cast<int>(n), MPI_INT, 0, MPI_COMM_WORLD);
   const size_t total_todo = static_cast<size_t>(std::count(todo.begin(), todo.end(), 1));
   if (me == 0) {
-    std::printf("lossytp grid: %zu runs in %s, %zu to do (%zu finished before), %d ranks\n", n,
-                opt.file.c_str(), total_todo, n - total_todo, W);
+    std::printf("lossytp grid: %zu runs in %s, %zu to do (%zu finished before), %d %s\n", n,
+                opt.file.c_str(), total_todo, n - total_todo,
+                opt.virtual_ranks > 0 ? opt.virtual_ranks : W, opt.virtual_ranks > 0 ? "virtual ranks" : "ranks");
     std::fflush(stdout);
   }
 
@@ -393,66 +400,139 @@ int run_grid(const GridOptions& opt) {
   int local_ranks = 1;
   MPI_Comm_size(node, &local_ranks);
   MPI_Comm_free(&node);
+  if (opt.virtual_ranks > 0) local_ranks = opt.virtual_ranks;
   const int default_threads =
       std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, local_ranks));
 
   const auto t0 = std::chrono::steady_clock::now();
   size_t done_now = 0;
   int failures = 0;
+
+  // What a run trains with: its config plus progress lines and, when it has one, its checkpoint.
+  auto run_config = [&](const GridRun& r, bool has_checkpoint) {
+    TrainConfig cfg = r.cfg;
+    // Progress of long runs: a line every log interval with --verbose, else about five per run.
+    cfg.quiet = false;
+    cfg.progress_prefix = "  [" + r.id + "] ";
+    if (!opt.verbose) {
+      const int fifth = (cfg.train_iters + 4) / 5;
+      cfg.progress_interval = (fifth + cfg.log_interval - 1) / cfg.log_interval * cfg.log_interval;
+    }
+    if (cfg.threads == 0) cfg.threads = default_threads;
+    if (has_checkpoint) cfg.load = cfg.out;
+    return cfg;
+  };
+  // Trains one run on its ranks; the report of rank 0 of the run (what grid.json records).
+  auto train_run = [&](size_t idx, const TrainConfig& cfg, auto&& train_call) {
+    nlohmann::json report;
+    report["index"] = idx;
+    const auto rt0 = std::chrono::steady_clock::now();
+    try {
+      TrainResult res = train_call(cfg);
+      report["status"] = res.status;
+      if (!res.train_loss.empty()) report["final_train_loss"] = res.train_loss.back();
+      if (!res.eval_loss.empty()) report["final_eval_loss"] = res.eval_loss.back();
+      report["tokens_per_second"] = res.tokens_per_second;
+      report["observed_loss_rate"] = res.observed_loss_rate;
+      if (res.start_iteration > 0) report["resumed_from"] = res.start_iteration;
+    } catch (const std::exception& e) {
+      report["status"] = "failed";
+      report["error"] = e.what();
+    }
+    report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - rt0).count();
+    return report;
+  };
+  // Rank 0: records a finished run and prints its line.
+  auto record = [&](nlohmann::json rep) {
+    const size_t idx = rep["index"];
+    rep.erase("index");
+    state[idx] = rep;
+    ++done_now;
+    if (rep["status"] == "failed") ++failures;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double eta = elapsed / done_now * (total_todo - done_now);
+    std::string detail;
+    char buf[160];
+    if (rep.contains("final_train_loss") && rep["final_train_loss"].is_number()) {
+      std::snprintf(buf, sizeof buf, ", train loss %.4f", rep["final_train_loss"].get<double>());
+      detail += buf;
+    }
+    if (rep.contains("final_eval_loss") && rep["final_eval_loss"].is_number()) {
+      std::snprintf(buf, sizeof buf, ", eval loss %.4f", rep["final_eval_loss"].get<double>());
+      detail += buf;
+    }
+    if (rep.contains("resumed_from"))
+      detail += ", resumed from iteration " + std::to_string(rep["resumed_from"].get<long long>());
+    if (rep.contains("error")) detail += ": " + rep["error"].get<std::string>();
+    std::printf("[%zu/%zu] %s: %s%s (%s) | ETA %s\n", done_now, total_todo, grid.runs[idx].id.c_str(),
+                rep["status"].get<std::string>().c_str(), detail.c_str(),
+                format_duration(rep.value("seconds", 0.0)).c_str(), format_duration(eta).c_str());
+  };
+
   // Size classes in order of first appearance: groups of S ranks, round after round.
   std::vector<int> sizes;
   for (size_t i = 0; i < n; ++i)
     if (todo[i] && std::find(sizes.begin(), sizes.end(), grid.runs[i].ranks()) == sizes.end())
       sizes.push_back(grid.runs[i].ranks());
+  const int ranks_available = opt.virtual_ranks > 0 ? opt.virtual_ranks : W;
   for (int S : sizes) {
     std::vector<size_t> runs;
     for (size_t i = 0; i < n; ++i) if (todo[i] && grid.runs[i].ranks() == S) runs.push_back(i);
-    const int G = W / S;
-    const int color = me < G * S ? me / S : MPI_UNDEFINED;
-    MPI_Comm group = MPI_COMM_NULL;
-    MPI_Comm_split(MPI_COMM_WORLD, color, me, &group);
+    const int G = ranks_available / S;
     if (me == 0 && G > 1) {
       std::printf("%zu runs of %d ranks: %d side by side\n", runs.size(), S, G);
       std::fflush(stdout);
     }
+    if (opt.virtual_ranks > 0) {
+      // One process: each run of the round is a LocalWorld of S threads.
+      for (size_t round = 0; round * G < runs.size(); ++round) {
+        const size_t first = round * G, count = std::min<size_t>(G, runs.size() - first);
+        std::vector<nlohmann::json> reports(count);
+        std::vector<std::thread> threads;
+        std::vector<std::unique_ptr<LocalWorld>> worlds;
+        worlds.reserve(count);  // threads index it while later worlds are added
+        for (size_t g = 0; g < count; ++g) {
+          const size_t idx = runs[first + g];
+          const TrainConfig cfg = run_config(grid.runs[idx], latest_checkpoint(grid.runs[idx].cfg.out) >= 0);
+          worlds.push_back(std::make_unique<LocalWorld>(S));
+          for (int rank = 0; rank < S; ++rank)
+            threads.emplace_back([&, g, idx, cfg, rank] {
+              LocalWorld& world = *worlds[g];
+              TrainConfig mine = cfg;
+              if (rank != 0) mine.quiet = true;
+              nlohmann::json rep = train_run(idx, mine, [&](const TrainConfig& c) {
+                return train(c, corpora.at(data_key(c)), world, rank);
+              });
+              if (rank == 0) reports[g] = rep;  // the leader speaks for the run
+            });
+        }
+        for (auto& t : threads) t.join();
+        for (auto& rep : reports) record(rep);
+        std::fflush(stdout);
+        write_manifest(grid, opt.out, state);
+      }
+      continue;
+    }
+    const int color = me < G * S ? me / S : MPI_UNDEFINED;
+    MPI_Comm group = MPI_COMM_NULL;
+    MPI_Comm_split(MPI_COMM_WORLD, color, me, &group);
     for (size_t round = 0; round * G < runs.size(); ++round) {
       nlohmann::json report;  // this rank's news for rank 0 (group leaders only)
       if (group != MPI_COMM_NULL && round * G + color < runs.size()) {
         const size_t idx = runs[round * G + color];
-        GridRun& r = grid.runs[idx];
         int grank = 0;
         MPI_Comm_rank(group, &grank);
-        TrainConfig cfg = r.cfg;
-        // Progress of long runs: a line every log interval with --verbose, else about five per run.
-        cfg.quiet = false;
-        cfg.progress_prefix = "  [" + r.id + "] ";
-        if (!opt.verbose) {
-          const int fifth = (cfg.train_iters + 4) / 5;
-          cfg.progress_interval = (fifth + cfg.log_interval - 1) / cfg.log_interval * cfg.log_interval;
-        }
-        if (cfg.threads == 0) cfg.threads = default_threads;
-        int64_t ck = grank == 0 ? latest_checkpoint(cfg.out) : -1;
+        int64_t ck = grank == 0 ? latest_checkpoint(grid.runs[idx].cfg.out) : -1;
         MPI_Bcast(&ck, 1, MPI_INT64_T, 0, group);
-        if (ck >= 0) cfg.load = cfg.out;
-        // A communicator of its own: a failed run may leave operations pending on it.
+        const TrainConfig cfg = run_config(grid.runs[idx], ck >= 0);
+        // A communicator of its own: a failed run may leave operations pending on it (it is
+        // then left alone rather than freed).
         MPI_Comm run_comm;
         MPI_Comm_dup(group, &run_comm);
-        const auto rt0 = std::chrono::steady_clock::now();
-        report["index"] = idx;
-        try {
-          TrainResult res = train(cfg, corpora.at(data_key(cfg)), run_comm);
-          report["status"] = res.status;
-          if (!res.train_loss.empty()) report["final_train_loss"] = res.train_loss.back();
-          if (!res.eval_loss.empty()) report["final_eval_loss"] = res.eval_loss.back();
-          report["tokens_per_second"] = res.tokens_per_second;
-          report["observed_loss_rate"] = res.observed_loss_rate;
-          if (res.start_iteration > 0) report["resumed_from"] = res.start_iteration;
-          MPI_Comm_free(&run_comm);
-        } catch (const std::exception& e) {
-          report["status"] = "failed";
-          report["error"] = e.what();
-        }
-        report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - rt0).count();
+        report = train_run(idx, cfg, [&](const TrainConfig& c) {
+          return train(c, corpora.at(data_key(c)), run_comm);
+        });
+        if (report["status"] != "failed") MPI_Comm_free(&run_comm);
         if (grank != 0) report = nlohmann::json();  // the leader speaks for the run
       }
       // Rank 0 collects every leader's report.
@@ -468,39 +548,13 @@ int run_grid(const GridOptions& opt) {
       }
       MPI_Gatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), offs.data(), MPI_CHAR, 0, MPI_COMM_WORLD);
       if (me == 0) {
-        for (int i = 0; i < W; ++i) {
-          if (lens[i] == 0) continue;
-          nlohmann::json rep = nlohmann::json::parse(all.substr(offs[i], lens[i]));
-          const size_t idx = rep["index"];
-          rep.erase("index");
-          state[idx] = rep;
-          ++done_now;
-          if (rep["status"] == "failed") ++failures;
-          const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          const double eta = elapsed / done_now * (total_todo - done_now);
-          std::string detail;
-          char buf[160];
-          if (rep.contains("final_train_loss") && rep["final_train_loss"].is_number()) {
-            std::snprintf(buf, sizeof buf, ", train loss %.4f", rep["final_train_loss"].get<double>());
-            detail += buf;
-          }
-          if (rep.contains("final_eval_loss") && rep["final_eval_loss"].is_number()) {
-            std::snprintf(buf, sizeof buf, ", eval loss %.4f", rep["final_eval_loss"].get<double>());
-            detail += buf;
-          }
-          if (rep.contains("resumed_from"))
-            detail += ", resumed from iteration " + std::to_string(rep["resumed_from"].get<long long>());
-          if (rep.contains("error")) detail += ": " + rep["error"].get<std::string>();
-          std::printf("[%zu/%zu] %s: %s%s (%s) | ETA %s\n", done_now, total_todo, grid.runs[idx].id.c_str(),
-                      rep["status"].get<std::string>().c_str(), detail.c_str(),
-                      format_duration(rep.value("seconds", 0.0)).c_str(), format_duration(eta).c_str());
-        }
+        for (int i = 0; i < W; ++i)
+          if (lens[i] > 0) record(nlohmann::json::parse(all.substr(offs[i], lens[i])));
         std::fflush(stdout);
         write_manifest(grid, opt.out, state);
       }
     }
-    // A group whose run failed may hold pending operations on dup'ed communicators only; the
-    // group itself saw just splits and dups, in step, so it can be freed.
+    // The group itself saw only splits, dups and broadcasts, in step, so it can be freed.
     if (group != MPI_COMM_NULL) MPI_Comm_free(&group);
   }
   MPI_Bcast(&failures, 1, MPI_INT, 0, MPI_COMM_WORLD);

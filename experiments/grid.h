@@ -43,6 +43,7 @@ struct GridOptions {
   std::string file;
   std::string out;
   bool force = false;
+  int virtual_ranks = 0;  // > 0: one process, runs on this many ranks as threads (no mpirun)
   bool verbose = false;  // a progress line of every run at every log interval (else ~5 per run)
 };
 

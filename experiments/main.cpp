@@ -202,7 +202,9 @@ int main(int argc, char** argv) {
     grid_cmd->add_option("file", grid_opts.file, "grid file: [base], [sweep], [[runs]]")->required();
     grid_cmd->add_option("--out", grid_opts.out, "results folder (one sub-folder per run, grid.json)")->required();
     grid_cmd->add_flag("--force", grid_opts.force, "run a changed grid file in a folder made by an older version of it");
-    grid_cmd->add_flag("--verbose", grid_opts.verbose, "progress lines of every run's iterations");
+    grid_cmd->add_flag("--verbose", grid_opts.verbose, "a progress line of every run at every log interval");
+    grid_cmd->add_option("--virtual-ranks", grid_opts.virtual_ranks,
+                         "run the grid in this one process with N ranks as threads (no mpirun)");
     std::string an_dir, an_out;
     bool an_quiet = false;
     CLI::App* sum_cmd = app.add_subcommand(

@@ -105,7 +105,34 @@ f = h5py.File("faults/debug-fail-at=2/metrics.h5", "r")
 assert f.attrs["status"] == "failed" and "injected" in f.attrs["error"]
 PY
 
-# 4. bad input: one message, exit 2, the existing results untouched
+# 4. the same grid in one process on virtual ranks (no mpirun) gives the same numbers
+cat > small.toml <<'TOML'
+[base]
+num-layers = 1
+hidden-size = 32
+num-attention-heads = 4
+seq-length = 16
+vocab-size = 64
+micro-batch-size = 2
+train-iters = 10
+tp = 2
+
+[sweep]
+net = ["exact", "ge:preset=one", "caat:p=0.5"]
+TOML
+run -np 2 "$L" grid small.toml --out small_mpi > small_mpi.log 2>&1 || bad "small grid under mpirun"
+"$L" grid small.toml --out small_virtual --virtual-ranks 4 > small_virtual.log 2>&1 || bad "small grid on virtual ranks"
+/usr/bin/python3 - <<'PY' && ok "virtual ranks reproduce the MPI grid" || bad "virtual ranks differ from MPI"
+import json
+a = {r["id"]: r for r in json.load(open("small_mpi/grid.json"))["runs"]}
+b = {r["id"]: r for r in json.load(open("small_virtual/grid.json"))["runs"]}
+assert a.keys() == b.keys() and len(a) == 3
+for k in a:
+    assert a[k]["status"] == b[k]["status"] == "completed", (a[k], b[k])
+    assert abs(a[k]["final_eval_loss"] - b[k]["final_eval_loss"]) <= 1e-6 * abs(a[k]["final_eval_loss"]), (k, a[k], b[k])
+PY
+
+# 5. bad input: one message, exit 2, the existing results untouched
 before=$(find res -type f -exec sha256sum {} + | sort | sha256sum)
 expect2() {  # expect2 "text" args...
   local want=$1; shift
