@@ -10,6 +10,7 @@
 #include "experiments/dataset.h"
 #include "experiments/trainer.h"
 #include "sim/comm.h"
+#include "netmodels/netmodel.h"
 #include "sim/local_backend.h"
 
 using namespace lossytp;
@@ -107,4 +108,50 @@ TEST_CASE("local backend: a missing peer times out instead of hanging", "[virtua
   b->set_timeout(0.2);
   float x = 1;
   CHECK_THROWS_AS(b->all_reduce(&x, 1, ReduceOp::Sum), CommTimeout);
+}
+
+TEST_CASE("ring all-gather and reduce-scatter equal the native ones, and lose packets when lossy", "[virtual]") {
+  const int p = 3;
+  const size_t m = 1000;
+  LocalWorld world(p);
+  auto spec_ring = std::make_shared<const net::NetSpec>(net::parse_net_spec("drop:rate=1e-12,scope=*"));
+  auto spec_lossy = std::make_shared<const net::NetSpec>(net::parse_net_spec("drop:rate=0.3,packet=64,scope=*"));
+  std::vector<std::vector<float>> gathered(p), scattered(p), lossy(p);
+  std::vector<int64_t> lost(p);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < p; ++r)
+    threads.emplace_back([&, r] {
+      Comm ring(world.group("ring", {0, 1, 2}, r), "tp", nullptr);
+      ring.set_network(spec_ring, 1);
+      std::vector<float> mine(m), all(m * p), in(m * p), out(m);
+      for (size_t i = 0; i < m; ++i) mine[i] = static_cast<float>(r * 10000 + i);
+      for (size_t i = 0; i < m * p; ++i) in[i] = static_cast<float>(r + 1) * (i % 7);
+      ring.all_gather(mine.data(), all.data(), m, "g.fwd");
+      ring.reduce_scatter(in.data(), out.data(), m, "rs.fwd");
+      gathered[r] = all;
+      scattered[r] = out;
+      Comm bad(world.group("lossy", {0, 1, 2}, r), "tp", nullptr);
+      bad.set_network(spec_lossy, 1);
+      std::vector<float> all2(m * p);
+      bad.all_gather(mine.data(), all2.data(), m, "g.fwd");
+      lossy[r] = all2;
+      lost[r] = bad.stats().sites().at("g.fwd").packets_lost;
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < p; ++r) {
+    for (int q = 0; q < p; ++q)
+      for (size_t i = 0; i < m; i += 97) CHECK(gathered[r][q * m + i] == static_cast<float>(q * 10000 + i));
+    // block r of the sum over ranks of (rank + 1) * (i % 7): 6 * (i % 7)
+    for (size_t i = 0; i < m; i += 89) CHECK(scattered[r][i] == 6.0f * ((r * m + i) % 7));
+    CHECK(lost[r] > 0);
+    // a lost packet of the gather reads zero (fill=zero); delivered ones are exact
+    size_t zeros = 0;
+    for (int q = 0; q < p; ++q)
+      for (size_t i = 0; i < m; ++i) {
+        const float v = lossy[r][q * m + i], want = static_cast<float>(q * 10000 + i);
+        if (q != r && v == 0.0f && want != 0.0f) ++zeros;
+        else CHECK(v == want);
+      }
+    CHECK(zeros > 0);
+  }
 }
