@@ -318,7 +318,7 @@ int run_grid(const GridOptions& opt) {
       if (r.ranks() > avail)
         throw std::invalid_argument("run '" + r.id + "' needs tp x dp = " + std::to_string(r.ranks()) +
                                     " ranks but the job has " + std::to_string(avail) +
-                                    (opt.virtual_ranks > 0 ? " (--virtual-ranks)" : " (mpirun -np)"));
+                                    (opt.virtual_ranks > 0 ? " (--virtual-ranks)" : " (launch with mpirun -np N, or add --virtual-ranks N)"));
       const std::string key = data_key(r.cfg);
       if (!corpora.count(key)) corpora.emplace(key, load_corpus(r.cfg.data));
       try {
