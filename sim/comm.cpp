@@ -177,60 +177,48 @@ void Comm::all_reduce_as_ring(float* buf, size_t n, const std::string& site, Red
 }
 
 void Comm::all_gather_impl(const float* in, float* out, size_t m, const std::string& site) {
-  const int p = size();
-  ++call_;
-  if (p == 1) { std::copy(in, in + m, out); return; }
-  SiteCounters& c = stats_->site(site);
-  c.calls += 1;
-  switch (path_for(site)) {
-    case Path::Native:
-      count_native(c, p - 1, m * sizeof(float));
-      backend_->all_gather(in, out, m);
-      break;
-    case Path::Reliable:
-      count_reliable(c, site, net::CollKind::AllGather, p - 1, m * sizeof(float));
-      backend_->all_gather(in, out, m);
-      break;
-    case Path::Endpoint: {
-      count_native(c, p - 1, m * sizeof(float), false);
-      std::vector<float> mine(in, in + m);
-      mask_contribution(mine.data(), m, site, net::CollKind::AllGather, c);
-      backend_->all_gather(mine.data(), out, m);
-      break;
-    }
-    case Path::Ring: {
-      HopContext ctx{*backend_, net_.get(), message(site, net::CollKind::AllGather), seed_, &stale_, c};
-      ring_all_gather(ctx, in, out, m);
-      break;
-    }
-  }
+  block_collective(net::CollKind::AllGather, in, out, m, site);
 }
 
 void Comm::reduce_scatter_impl(const float* in, float* out, size_t m, const std::string& site) {
+  block_collective(net::CollKind::ReduceScatter, in, out, m, site);
+}
+
+// All-gather and reduce-scatter: p-1 ring hops of one block of m floats each. They differ in
+// what a rank contributes (its block, or all p blocks) and in the backend/ring call.
+void Comm::block_collective(net::CollKind kind, const float* in, float* out, size_t m,
+                            const std::string& site) {
   const int p = size();
+  const bool gather = kind == net::CollKind::AllGather;
   ++call_;
   if (p == 1) { std::copy(in, in + m, out); return; }
   SiteCounters& c = stats_->site(site);
   c.calls += 1;
+  auto native = [&](const float* contribution) {
+    if (gather) backend_->all_gather(contribution, out, m);
+    else backend_->reduce_scatter(contribution, out, m);
+  };
   switch (path_for(site)) {
     case Path::Native:
       count_native(c, p - 1, m * sizeof(float));
-      backend_->reduce_scatter(in, out, m);
+      native(in);
       break;
     case Path::Reliable:
-      count_reliable(c, site, net::CollKind::ReduceScatter, p - 1, m * sizeof(float));
-      backend_->reduce_scatter(in, out, m);
+      count_reliable(c, site, kind, p - 1, m * sizeof(float));
+      native(in);
       break;
     case Path::Endpoint: {
       count_native(c, p - 1, m * sizeof(float), false);
-      std::vector<float> mine(in, in + m * p);
-      mask_contribution(mine.data(), m * p, site, net::CollKind::ReduceScatter, c);
-      backend_->reduce_scatter(mine.data(), out, m);
+      const size_t n = gather ? m : m * p;
+      std::vector<float> mine(in, in + n);
+      mask_contribution(mine.data(), n, site, kind, c);
+      native(mine.data());
       break;
     }
     case Path::Ring: {
-      HopContext ctx{*backend_, net_.get(), message(site, net::CollKind::ReduceScatter), seed_, &stale_, c};
-      ring_reduce_scatter(ctx, in, out, m);
+      HopContext ctx{*backend_, net_.get(), message(site, kind), seed_, &stale_, c};
+      if (gather) ring_all_gather(ctx, in, out, m);
+      else ring_reduce_scatter(ctx, in, out, m);
       break;
     }
   }

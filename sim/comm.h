@@ -89,6 +89,7 @@ class Comm {
   void all_reduce_impl(float* buf, size_t n, const std::string& site, ReduceOp op);
   void all_gather_impl(const float* in, float* out, size_t n_per_rank, const std::string& site);
   void reduce_scatter_impl(const float* in, float* out, size_t n_per_rank, const std::string& site);
+  void block_collective(net::CollKind kind, const float* in, float* out, size_t m, const std::string& site);
   template <typename F>
   void guarded(const std::string& site, F&& body);
   // How a call at `site` is carried out.

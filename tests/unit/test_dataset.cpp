@@ -3,6 +3,8 @@
 // Philox-driven sequence sampler.
 #include <catch2/catch.hpp>
 
+#include "common/temp_dir.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,21 +24,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test case, removed afterwards.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("lossytp_test_dataset_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("dataset") {}
 };
 
 void write_bytes(const std::string& path, const std::vector<unsigned char>& bytes) {

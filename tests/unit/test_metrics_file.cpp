@@ -2,6 +2,8 @@
 // truncation on resume, and errors that name the file.
 #include <catch2/catch.hpp>
 
+#include "common/temp_dir.h"
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -18,20 +20,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("lossytp_test_metrics_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("metrics") {}
 };
 
 // No "<something>.tmp" left in the directory.

@@ -3,6 +3,8 @@
 // embedded plotting script.
 #include <catch2/catch.hpp>
 
+#include "common/temp_dir.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -30,20 +32,8 @@ using nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("lossytp_test_summary_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string str() const { return dir.string(); }
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("summary") {}
 };
 
 json base_config() {
