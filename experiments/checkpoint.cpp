@@ -52,6 +52,9 @@ void write_atomic(const fs::path& path, const std::string& head, const float* co
 
 }  // namespace
 
+// The tensor itself when it lives on the host, else a host copy.
+static Tensor on_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
+
 void save_checkpoint(const std::string& run_dir, Backend& run, int64_t iteration,
                      ParamStore& params, AdamW& opt, const std::string& config_json) {
   const int rank = run.rank();
@@ -65,7 +68,9 @@ void save_checkpoint(const std::string& run_dir, Backend& run, int64_t iteration
   h.rank = rank;
   h.tp_rank = params.tp_rank();
   h.tp_size = params.tp_size();
-  const float* parts[3] = {params.values().data(), opt.m().data(), opt.v().data()};
+  // device arenas are written through host copies
+  const Tensor host[3] = {on_host(params.values()), on_host(opt.m()), on_host(opt.v())};
+  const float* parts[3] = {host[0].data(), host[1].data(), host[2].data()};
   const size_t counts[3] = {params.numel(), params.numel(), params.numel()};
   write_atomic(file_of(run_dir, rank, iteration), std::string(reinterpret_cast<const char*>(&h), sizeof h),
                parts, counts, 3);
@@ -125,9 +130,13 @@ void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, Pa
                              " was written by a different layout or model (tp " +
                              std::to_string(h.tp_size) + ", " + std::to_string(h.numel) +
                              " parameters per rank)");
-  float* parts[3] = {params.values().data(), opt.m().data(), opt.v().data()};
-  for (float* p : parts) f.read(reinterpret_cast<char*>(p), static_cast<std::streamsize>(params.numel() * sizeof(float)));
-  if (!f) throw std::runtime_error("checkpoint file " + path.string() + " is truncated");
+  Tensor* arenas[3] = {&params.values(), &opt.m(), &opt.v()};
+  for (Tensor* a : arenas) {
+    Tensor host = on_host(*a);
+    f.read(reinterpret_cast<char*>(host.data()), static_cast<std::streamsize>(params.numel() * sizeof(float)));
+    if (!f) throw std::runtime_error("checkpoint file " + path.string() + " is truncated");
+    if (a->device() != Device::CPU) a->copy_from_host(host.data());
+  }
   opt.set_t(h.adam_t);
 }
 

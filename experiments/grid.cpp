@@ -494,7 +494,7 @@ int run_grid(const GridOptions& opt) {
         for (size_t g = 0; g < count; ++g) {
           const size_t idx = runs[first + g];
           const TrainConfig cfg = run_config(grid.runs[idx], latest_checkpoint(grid.runs[idx].cfg.out) >= 0);
-          worlds.push_back(std::make_unique<LocalWorld>(S));
+          worlds.push_back(std::make_unique<LocalWorld>(S, cfg.compute().device));
           for (int rank = 0; rank < S; ++rank)
             threads.emplace_back([&, g, idx, cfg, rank] {
               LocalWorld& world = *worlds[g];

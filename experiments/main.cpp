@@ -77,7 +77,7 @@ std::string check_resumable(const TrainConfig& cfg) {
 
 // --virtual-ranks N: N threads of this process, each one rank of the run.
 int train_virtual(const TrainConfig& cfg, const TokenCorpus& corpus) {
-  LocalWorld world(cfg.virtual_ranks);
+  LocalWorld world(cfg.virtual_ranks, cfg.compute().device);
   std::vector<std::string> errors(cfg.virtual_ranks);
   std::vector<std::string> status(cfg.virtual_ranks);
   std::vector<std::thread> threads;

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <toml++/toml.h>
 
+#include "kernels/ops.h"
 #include "netmodels/netmodel.h"
 
 #include <charconv>
@@ -58,6 +59,8 @@ nlohmann::json TrainConfig::to_json() const {
   j["max-loss"] = max_loss;
   j["out"] = out;
   j["threads"] = threads;
+  j["device"] = device;
+  j["bf16"] = bf16;
   return j;
 }
 
@@ -135,6 +138,13 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.add_option("--out", c.out, "run folder for metrics.h5 (default: runs/<model>-tp<T>-dp<D>-<time>)");
   app.add_option("--virtual-ranks", c.virtual_ranks,
                  "run N ranks as threads of this one process (no mpirun; any tp x dp layout)");
+  app.add_option("--device", c.device,
+                 "where ranks compute: cpu, or cuda (one GPU per MPI rank, NCCL between them; "
+                 "--virtual-ranks share one GPU)")
+      ->capture_default_str();
+  app.add_flag("--bf16", c.bf16,
+               "mixed precision: GEMM operands and collective payloads in bf16, fp32 master "
+               "weights, optimizer state and other ops (on cpu: emulated, for comparisons)");
   app.add_option("--threads", c.threads, "compute threads per rank (default: cores / ranks on the node)");
   app.add_flag("--quiet", c.quiet, "no progress lines");
   app.add_flag("--overwrite", c.overwrite, "replace an existing metrics.h5 in --out");
@@ -275,6 +285,9 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (!(c.adam.beta2 >= 0 && c.adam.beta2 < 1)) bad("--adam-beta2 must be in [0, 1)");
   if (!(c.adam.eps > 0)) bad("--adam-eps must be > 0");
   if (c.threads < 0) bad("--threads must be >= 0");
+  if (c.device != "cpu" && c.device != "cuda") bad("--device must be cpu or cuda, got '" + c.device + "'");
+  if (const std::string why = ops::unavailable(c.compute().device); !why.empty())
+    bad("--device " + c.device + ": " + why);
   if (c.virtual_ranks < 0) bad("--virtual-ranks must be >= 0");
   if (c.save_interval < 0) bad("--save-interval must be >= 0");
   if (c.comm_timeout < 0) bad("--comm-timeout must be >= 0");

@@ -43,6 +43,8 @@ struct TrainConfig {
   int debug_nan_at = 0;       // testing: the loss of this iteration becomes NaN
   int debug_fail_at = 0;      // testing: rank 0 throws at this iteration
   std::string out;  // empty: runs/<model>-tp<tp>-dp<dp>-<time>
+  std::string device = "cpu";  // cpu or cuda (one GPU per rank; virtual ranks share GPU 0)
+  bool bf16 = false;           // bf16 GEMM operands and collectives, fp32 master weights
   int threads = 0;  // 0: cores / ranks on this node
   int virtual_ranks = 0;  // > 0: run this many ranks as threads of one process (no MPI)
   bool quiet = false;
@@ -53,6 +55,7 @@ struct TrainConfig {
 
   // Micro-batches each DP rank runs per iteration (gradient accumulation steps).
   int num_micro_batches() const { return global_batch_size / (micro_batch_size * dp); }
+  Compute compute() const { return {device == "cuda" ? Device::CUDA : Device::CPU, bf16}; }
   nlohmann::json to_json() const;
 };
 

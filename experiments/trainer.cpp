@@ -11,6 +11,10 @@
 #include "experiments/lr_schedule.h"
 #include "experiments/metrics_file.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
+#ifdef LOSSYTP_HAVE_CUDA
+#include "kernels/cuda/ops.h"
+#endif
 #include "models/adamw.h"
 #include "experiments/checkpoint.h"
 #include "models/gpt.h"
@@ -92,7 +96,25 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
   MPI_Comm_size(run_comm, &r.size);
   MPI_Comm_rank(run_comm, &r.rank);
   r.run = std::make_unique<MpiBackend>(run_comm);
-  r.make_groups = [run_comm](const Layout& l) { return make_mpi_groups(run_comm, l); };
+  if (cfg.compute().device == Device::CUDA) {
+#ifdef LOSSYTP_HAVE_CUDA
+    // One GPU per rank: the processes of a node take its GPUs in turn (counted over the whole
+    // job, so runs of a grid side by side spread over the GPUs); NCCL moves the data.
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    int local = 0;
+    MPI_Comm_rank(node, &local);
+    MPI_Comm_free(&node);
+    const int gpus = cuda::device_count();
+    if (gpus < 1) throw std::runtime_error("--device cuda: no CUDA GPU is visible to rank " + std::to_string(r.rank));
+    cuda::set_device(local % gpus);
+    r.make_groups = [run_comm](const Layout& l) { return make_nccl_groups(run_comm, l); };
+#else
+    throw std::runtime_error("--device cuda: this build has no GPU path");
+#endif
+  } else {
+    r.make_groups = [run_comm](const Layout& l) { return make_mpi_groups(run_comm, l); };
+  }
   return train(cfg, corpus, std::move(r));
 }
 
@@ -103,6 +125,11 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, LocalWorld&
   std::vector<int> all(world.size());
   for (int i = 0; i < world.size(); ++i) all[i] = i;
   r.run = world.group("run", all, rank);
+  if (world.device() != cfg.compute().device)
+    throw std::logic_error("the LocalWorld's device differs from --device");
+#ifdef LOSSYTP_HAVE_CUDA
+  if (world.device() == Device::CUDA) cuda::set_device(0);  // virtual ranks share GPU 0
+#endif
   r.make_groups = [&world](const Layout& l) { return make_local_groups(world, l); };
   return train(cfg, corpus, std::move(r));
 }
@@ -129,7 +156,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   // threads = 0 is resolved by the caller (it knows how many ranks share the node).
   cpu::set_num_threads(cfg.threads > 0 ? cfg.threads : 1);
 
-  GPTModel model(cfg.model, layout.tp_rank, layout.tp, tp_opt);
+  GPTModel model(cfg.model, layout.tp_rank, layout.tp, tp_opt, cfg.compute());
   model.init(cfg.seed);
   ParamStore& params = model.params();
   AdamW opt(params, cfg.adam);
@@ -234,8 +261,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     tp.backend().all_reduce_f64(&sq, 1, ReduceOp::Sum);
     const double grad_norm = std::sqrt(sq);
     if (cfg.clip_grad > 0 && grad_norm > cfg.clip_grad)
-      cpu::scale_inplace(params.grads().data(), static_cast<float>(cfg.clip_grad / (grad_norm + 1e-6)),
-                         params.numel());
+      ops::scale_inplace(params.device(), params.grads().data(),
+                         static_cast<float>(cfg.clip_grad / (grad_norm + 1e-6)), params.numel());
     const float lr = lr_at(it, cfg.lr, cfg.min_lr, cfg.lr_warmup_iters, cfg.train_iters);
     opt.step(lr);
     dp.backend().all_reduce_f64(&loss_sum, 1, ReduceOp::Sum);

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/device.h"
+
 namespace lossytp {
 
 struct ModelConfig {
@@ -34,6 +36,14 @@ struct TPOptions {
   bool caat = false;
   double caat_p = 1.0;
   int synced_channels(int C) const { return caat ? static_cast<int>(C * caat_p) : C; }
+};
+
+// Where a model computes: its parameters, activations and kernels live on `device`. bf16: the
+// GEMM operands are rounded to bf16 (products accumulate in fp32; master weights, optimizer
+// state and every other op stay fp32), and collectives move bf16.
+struct Compute {
+  Device device = Device::CPU;
+  bool bf16 = false;
 };
 
 struct Preset {

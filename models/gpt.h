@@ -17,12 +17,15 @@ namespace lossytp {
 
 class GPTModel {
  public:
-  GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size, TPOptions opt = {});
+  // compute: where the parameters, activations and kernels live, and the GEMM precision.
+  GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size, TPOptions opt = {},
+           Compute compute = {});
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return store_; }
   void init(uint64_t seed) { store_.init(seed); }
 
-  // One micro-batch of B sequences of T tokens (x inputs, y targets, both [B, T]).
+  // One micro-batch of B sequences of T tokens (x inputs, y targets, both [B, T], in host
+  // memory; copied to the device when the model lives there).
   // Returns the sum of the B*T token losses. When backward is set, gradients of
   // grad_scale * (sum of token losses) are ACCUMULATED into params().grads().
   double step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp, bool backward,
@@ -45,8 +48,9 @@ class GPTModel {
   int B_ = 0, T_ = 0;
   std::vector<Tensor> res_;  // residual stream: res_[0] embeddings, res_[l+1] block l output
   Tensor lnf_out_, logits_, dres_, losses_, dloss_;
+  Tensor tokens_;  // the micro-batch's x then y on the device (int32 bits in fp32 storage)
   BlockScratch scratch_;
-  std::vector<float> partial_pack_;
+  Tensor partial_pack_;
 };
 
 }  // namespace lossytp

@@ -1,9 +1,8 @@
 // LayerNorm over the hidden dim, replicated on every TP rank (its input is replicated).
 #pragma once
 #include <string>
-#include <vector>
 
-#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 #include "models/param_store.h"
 
 namespace lossytp {
@@ -16,15 +15,17 @@ class LayerNorm {
   }
   // out = LN(x); saves mean and rstd for the backward.
   void forward(float* out, const float* x, int N) {
-    mean_.resize(N);
-    rstd_.resize(N);
-    cpu::layernorm_forward(out, mean_.data(), rstd_.data(), x, store_.value(w_), store_.value(b_),
-                           N, C_);
+    if (mean_.numel() != static_cast<size_t>(N)) {
+      mean_ = Tensor({N}, store_.device());
+      rstd_ = Tensor({N}, store_.device());
+    }
+    ops::layernorm_forward(store_.device(), out, mean_.data(), rstd_.data(), x, store_.value(w_),
+                           store_.value(b_), N, C_);
   }
   // dx += LN'(x)^T dout; dweight, dbias accumulate.
   void backward(float* dx, const float* dout, const float* x, int N) {
-    cpu::layernorm_backward(dx, store_.grad(w_), store_.grad(b_), dout, x, store_.value(w_),
-                            mean_.data(), rstd_.data(), N, C_);
+    ops::layernorm_backward(store_.device(), dx, store_.grad(w_), store_.grad(b_), dout, x,
+                            store_.value(w_), mean_.data(), rstd_.data(), N, C_);
   }
   int weight_index() const { return w_; }
   int bias_index() const { return b_; }
@@ -32,7 +33,7 @@ class LayerNorm {
  private:
   ParamStore& store_;
   int C_, w_, b_;
-  std::vector<float> mean_, rstd_;
+  Tensor mean_, rstd_;
 };
 
 }  // namespace lossytp

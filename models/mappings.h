@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "sim/comm.h"
+#include "sim/tensor.h"
 
 namespace lossytp {
 
@@ -25,8 +26,8 @@ inline void reduce_from_tp_region_backward() {}
 // CAAT-Net's partial_reduce_from_tensor_model_parallel_region, on x = [N, C]: only the first
 // `sync` channels of every row are all-reduced; the others keep this rank's partial sum,
 // multiplied by `scale` (sqrt(tp)). Its backward does the same to the output gradient, so
-// forward and backward share this one function. `pack` is scratch.
-void partial_reduce_from_tp_region(Comm& tp, float* x, int N, int C, int sync, float scale,
-                                   const std::string& site, std::vector<float>& pack);
+// forward and backward share this one function. x lives on `dev`; `pack` is scratch there.
+void partial_reduce_from_tp_region(Comm& tp, Device dev, float* x, int N, int C, int sync,
+                                   float scale, const std::string& site, Tensor& pack);
 
 }  // namespace lossytp

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "kernels/cpu/ops.h"
+#include "models/linear.h"
 #include "models/mappings.h"
 
 namespace lossytp {
@@ -16,12 +16,12 @@ ColumnParallelLinear::ColumnParallelLinear(ParamStore& store, const std::string&
 
 void ColumnParallelLinear::forward(float* y, const float* x, int N) {
   copy_to_tp_region_forward();
-  cpu::matmul_forward(y, x, store_.value(w_), store_.value(b_), N, in_, out_local_);
+  linear_forward(store_.compute(), y, x, store_.value(w_), store_.value(b_), N, in_, out_local_);
 }
 
 void ColumnParallelLinear::backward(float* dx, const float* dy, const float* x, int N, Comm& tp) {
-  cpu::matmul_backward(dx, store_.grad(w_), store_.grad(b_), dy, x, store_.value(w_), N, in_,
-                       out_local_);
+  linear_backward(store_.compute(), dx, store_.grad(w_), store_.grad(b_), dy, x, store_.value(w_),
+                  N, in_, out_local_);
   if (!opt_.caat) copy_to_tp_region_backward(tp, dx, static_cast<size_t>(N) * in_, bwd_site_);
 }
 
@@ -34,38 +34,34 @@ RowParallelLinear::RowParallelLinear(ParamStore& store, const std::string& name,
 }
 
 void RowParallelLinear::forward(float* y, const float* x, int N, Comm& tp) {
-  cpu::matmul_forward(y, x, store_.value(w_), nullptr, N, in_local_, out_);
+  const Device dev = store_.device();
+  linear_forward(store_.compute(), y, x, store_.value(w_), nullptr, N, in_local_, out_);
   if (opt_.caat)
-    partial_reduce_from_tp_region(tp, y, N, out_, opt_.synced_channels(out_),
+    partial_reduce_from_tp_region(tp, dev, y, N, out_, opt_.synced_channels(out_),
                                   std::sqrt(static_cast<float>(tp.size())), fwd_site_, pack_);
   else
     reduce_from_tp_region_forward(tp, y, static_cast<size_t>(N) * out_, fwd_site_);
-  const float* b = store_.value(b_);
-#pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; ++n) {
-    float* row = y + static_cast<size_t>(n) * out_;
-#pragma omp simd
-    for (int o = 0; o < out_; ++o) row[o] += b[o];
-  }
+  ops::bias_add(dev, y, store_.value(b_), N, out_);
 }
 
 void RowParallelLinear::backward(float* dx, const float* dy, const float* x, int N, Comm& tp) {
   if (!opt_.caat) {
     reduce_from_tp_region_backward();
-    cpu::matmul_backward(dx, store_.grad(w_), store_.grad(b_), dy, x, store_.value(w_), N,
-                         in_local_, out_);
+    linear_backward(store_.compute(), dx, store_.grad(w_), store_.grad(b_), dy, x,
+                    store_.value(w_), N, in_local_, out_);
     return;
   }
   // The bias is added after the reduce: its gradient is dy itself (a partial sum, summed over
   // TP with the other replicated parameters). The weights see dy after the partial reduce.
-  float* db = store_.grad(b_);
-  for (int n = 0; n < N; ++n)
-    for (int o = 0; o < out_; ++o) db[o] += dy[static_cast<size_t>(n) * out_ + o];
-  dy_.assign(dy, dy + static_cast<size_t>(N) * out_);
-  partial_reduce_from_tp_region(tp, dy_.data(), N, out_, opt_.synced_channels(out_),
+  const Device dev = store_.device();
+  const size_t n = static_cast<size_t>(N) * out_;
+  ops::bias_grad(dev, store_.grad(b_), dy, N, out_);
+  if (dy_.numel() != n) dy_ = Tensor({static_cast<int64_t>(n)}, dev);
+  ops::copy(dev, dy_.data(), dy, n);
+  partial_reduce_from_tp_region(tp, dev, dy_.data(), N, out_, opt_.synced_channels(out_),
                                 std::sqrt(static_cast<float>(tp.size())), bwd_site_, pack_);
-  cpu::matmul_backward(dx, store_.grad(w_), nullptr, dy_.data(), x, store_.value(w_), N,
-                       in_local_, out_);
+  linear_backward(store_.compute(), dx, store_.grad(w_), nullptr, dy_.data(), x,
+                  store_.value(w_), N, in_local_, out_);
 }
 
 }  // namespace lossytp

@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "models/config.h"
-
 #include "models/param_store.h"
 #include "sim/comm.h"
+#include "sim/tensor.h"
 
 namespace lossytp {
 
@@ -51,7 +51,7 @@ class RowParallelLinear {
   int w_, b_, in_local_, out_;
   TPOptions opt_;
   std::string fwd_site_, bwd_site_;
-  std::vector<float> pack_, dy_;
+  Tensor pack_, dy_;
 };
 
 }  // namespace lossytp

@@ -2,7 +2,7 @@
 
 #include <stdexcept>
 
-#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 #include "kernels/philox.h"
 
 namespace lossytp {
@@ -42,14 +42,16 @@ void ParamStore::allocate() {
     // 16-float (64-byte) alignment for every parameter.
     total_ += (s.numel() + 15) / 16 * 16;
   }
-  values_ = Tensor({static_cast<int64_t>(total_)});
-  grads_ = Tensor({static_cast<int64_t>(total_)});
+  values_ = Tensor({static_cast<int64_t>(total_)}, device());
+  grads_ = Tensor({static_cast<int64_t>(total_)}, device());
 }
 
 void ParamStore::init(uint64_t seed) {
+  // Drawn on the host (the same numbers on every device), then copied to the device.
+  Tensor host = device() == Device::CPU ? values_ : Tensor({static_cast<int64_t>(total_)});
   for (size_t pi = 0; pi < specs_.size(); ++pi) {
     const ParamSpec& s = specs_[pi];
-    float* v = value(static_cast<int>(pi));
+    float* v = host.data() + s.offset;
     const size_t n = s.numel();
     if (s.init == Init::Zeros) { for (size_t i = 0; i < n; ++i) v[i] = 0.0f; continue; }
     if (s.init == Init::Ones) { for (size_t i = 0; i < n; ++i) v[i] = 1.0f; continue; }
@@ -68,16 +70,14 @@ void ParamStore::init(uint64_t seed) {
         v[r * cols + c] = s.std * philox_normal(seed, stream, full_index);
       }
   }
+  if (device() != Device::CPU) values_.copy_from_host(host.data());
 }
 
 double ParamStore::grad_sq_contribution() const {
-  double s = 0.0;
-  for (size_t pi = 0; pi < specs_.size(); ++pi) {
-    const ParamSpec& p = specs_[pi];
-    if (p.shard_dim < 0 && tp_rank_ != 0) continue;
-    s += cpu::sum_squares(grads_.data() + p.offset, p.numel());
-  }
-  return s;
+  std::vector<std::pair<const float*, size_t>> spans;
+  for (const ParamSpec& p : specs_)
+    if (p.shard_dim >= 0 || tp_rank_ == 0) spans.emplace_back(grads_.data() + p.offset, p.numel());
+  return ops::sum_squares(device(), spans);
 }
 
 }  // namespace lossytp

@@ -1,12 +1,13 @@
 // ParamStore: every parameter of a rank's shard lives in one contiguous arena, and so does every
 // gradient, so the DP all-reduce, clipping, the optimizer and checkpoints each touch one buffer.
 // Layers declare their parameters (with the full, unsharded shape and how it is split over TP),
-// then allocate() lays out the arenas and init() draws the values.
+// then allocate() lays out the arenas (on the compute device) and init() draws the values.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "models/config.h"
 #include "sim/tensor.h"
 
 namespace lossytp {
@@ -27,7 +28,8 @@ struct ParamSpec {
 
 class ParamStore {
  public:
-  ParamStore(int tp_rank, int tp_size) : tp_rank_(tp_rank), tp_size_(tp_size) {}
+  ParamStore(int tp_rank, int tp_size, Compute compute = {})
+      : tp_rank_(tp_rank), tp_size_(tp_size), compute_(compute) {}
   // Returns the index of the parameter; views are valid after allocate().
   int declare(std::string name, std::vector<int64_t> full, int shard_dim, Init init,
               float std = 0.0f, bool weight_decay = true);
@@ -45,6 +47,9 @@ class ParamStore {
   size_t numel() const { return total_; }
   int tp_rank() const { return tp_rank_; }
   int tp_size() const { return tp_size_; }
+  // Where the arenas live (every layer computes there) and whether GEMMs run in bf16.
+  const Compute& compute() const { return compute_; }
+  Device device() const { return compute_.device; }
 
   // Sum of squared gradients this rank contributes to the global norm: sharded parameters
   // always, replicated ones only on tp_rank 0 so the TP all-reduce counts them once.
@@ -52,6 +57,7 @@ class ParamStore {
 
  private:
   int tp_rank_, tp_size_;
+  Compute compute_;
   std::vector<ParamSpec> specs_;
   Tensor values_, grads_;
   size_t total_ = 0;

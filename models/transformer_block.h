@@ -34,6 +34,7 @@ class TransformerBlock {
 
  private:
   void ensure(int N);
+  Device dev_;
   int C_, NH_local_, HD_, F_local_;
   LayerNorm ln1_, ln2_;
   ColumnParallelLinear qkv_, fc1_;

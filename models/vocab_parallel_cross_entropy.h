@@ -6,11 +6,13 @@
 #include <vector>
 
 #include "sim/comm.h"
+#include "sim/tensor.h"
 
 namespace lossytp {
 
 class VocabParallelCrossEntropy {
  public:
+  explicit VocabParallelCrossEntropy(Device dev = Device::CPU) : dev_(dev) {}
   // logits [N, V/tp] are replaced by exp(logit - max) (kept for the backward).
   // losses[N] = logsumexp over the full vocab - target logit.
   void forward(float* losses, float* logits, const int32_t* targets, int N, int V_local,
@@ -20,7 +22,8 @@ class VocabParallelCrossEntropy {
                 int vocab_start);
 
  private:
-  std::vector<float> max_, target_, sum_exp_;
+  Device dev_;
+  Tensor max_, target_, sum_exp_;
 };
 
 }  // namespace lossytp

@@ -1,6 +1,7 @@
 #include "models/vocab_parallel_embedding.h"
 
-#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
+#include "models/linear.h"
 #include "models/mappings.h"
 
 namespace lossytp {
@@ -13,23 +14,23 @@ VocabParallelEmbedding::VocabParallelEmbedding(ParamStore& store, int vocab, int
 }
 
 void VocabParallelEmbedding::forward(float* out, const int32_t* tok, int N, Comm& tp) {
-  cpu::embedding_forward(out, tok, store_.value(w_), N, C_, vocab_start_, vocab_local_);
+  ops::embedding_forward(store_.device(), out, tok, store_.value(w_), N, C_, vocab_start_, vocab_local_);
   reduce_from_tp_region_forward(tp, out, static_cast<size_t>(N) * C_, "embed.fwd");
 }
 
 void VocabParallelEmbedding::backward(const float* dout, const int32_t* tok, int N) {
   reduce_from_tp_region_backward();
-  cpu::embedding_backward(store_.grad(w_), tok, dout, N, C_, vocab_start_, vocab_local_);
+  ops::embedding_backward(store_.device(), store_.grad(w_), tok, dout, N, C_, vocab_start_, vocab_local_);
 }
 
 void VocabParallelEmbedding::logits_forward(float* logits, const float* x, int N) {
   copy_to_tp_region_forward();
-  cpu::matmul_forward(logits, x, store_.value(w_), nullptr, N, C_, vocab_local_);
+  linear_forward(store_.compute(), logits, x, store_.value(w_), nullptr, N, C_, vocab_local_);
 }
 
 void VocabParallelEmbedding::logits_backward(float* dx, const float* dlogits, const float* x,
                                              int N, Comm& tp, bool reduce) {
-  cpu::matmul_backward(dx, store_.grad(w_), nullptr, dlogits, x, store_.value(w_), N, C_,
+  linear_backward(store_.compute(), dx, store_.grad(w_), nullptr, dlogits, x, store_.value(w_), N, C_,
                        vocab_local_);
   if (reduce) copy_to_tp_region_backward(tp, dx, static_cast<size_t>(N) * C_, "head.bwd");
 }

@@ -1,11 +1,16 @@
 // Backend: the transport of one process group. It moves bytes point-to-point and offers the
-// native collectives of the underlying library (MPI now; NCCL and in-process threads later).
-// It knows nothing about sites or network models: Comm (sim/comm.h) adds those on top.
+// native collectives of the underlying library (MPI, NCCL, or threads of one process). It knows
+// nothing about sites or network models: Comm (sim/comm.h) adds those on top.
+// Buffers live on the backend's device(): send/recv/sendrecv, the float collectives and
+// broadcast take device pointers on a CUDA backend. all_reduce_f64 always takes host doubles
+// (control values: loss sums, norms, flags).
 #pragma once
 #include <cstddef>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "kernels/device.h"
 
 namespace lossytp {
 
@@ -24,6 +29,8 @@ class Backend {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string name() const = 0;
+  // Where the buffers of every call but all_reduce_f64 live.
+  virtual Device device() const { return Device::CPU; }
 
   virtual void send(const void* buf, size_t bytes, int dst, int tag) = 0;
   virtual void recv(void* buf, size_t bytes, int src, int tag) = 0;
@@ -33,6 +40,7 @@ class Backend {
 
   // Native collectives on fp32 buffers.
   virtual void all_reduce(float* buf, size_t n, ReduceOp op) = 0;
+  // On host doubles, whatever device() is.
   virtual void all_reduce_f64(double* buf, size_t n, ReduceOp op) = 0;
   virtual void all_gather(const float* in, float* out, size_t n_per_rank) = 0;
   virtual void reduce_scatter(const float* in, float* out, size_t n_per_rank) = 0;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/ops.h"
 #include "sim/ring_collectives.h"
 
 namespace lossytp {
@@ -29,14 +30,31 @@ SiteCounters CommStats::total() const {
 }
 
 float* StaleStore::get(const std::string& site, int phase, size_t n) {
-  std::vector<float>& b = bufs_[{site, phase}];
-  if (b.size() < n) b.resize(n, 0.0f);
-  return b.data();
+  auto it = bufs_.find({site, phase});
+  if (it == bufs_.end()) it = bufs_.emplace(std::make_pair(site, phase), DeviceBuffer(dev_, 0)).first;
+  return it->second.floats(std::max<size_t>(n, 1), true);  // grows with zeros, keeps what arrived
 }
 
 Comm::Comm(std::unique_ptr<Backend> backend, std::string group, std::shared_ptr<CommStats> stats)
-    : backend_(std::move(backend)), group_(std::move(group)), stats_(std::move(stats)) {
+    : backend_(std::move(backend)), group_(std::move(group)), stats_(std::move(stats)),
+      device_(backend_->device()), stale_(device_), scratch_(device_) {
   if (!stats_) stats_ = std::make_shared<CommStats>();
+}
+
+void Comm::set_device(Device d) {
+  if (d == device_) return;
+  if (d != backend_->device())
+    throw std::invalid_argument(std::string("Comm (group ") + group_ + "): the " + backend_->name() +
+                                " backend moves " + device_name(backend_->device()) +
+                                " buffers, not " + device_name(d));
+  device_ = d;
+  stale_ = StaleStore(d);
+  scratch_ = CommScratch(d);
+}
+
+HopContext Comm::hop_context(const std::string& site, net::CollKind kind, SiteCounters& c, bool lossy) {
+  return HopContext{*backend_, lossy ? net_.get() : nullptr, message(site, kind), seed_, &stale_, c,
+                    device_, &scratch_};
 }
 
 void Comm::set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_seed) {
@@ -103,14 +121,15 @@ void Comm::mask_contribution(float* buf, size_t n, const std::string& site, net:
   const float rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - net_->stationary_loss_rate()));
   if (fill == net::Fill::Rescale) {
     // delivered elements are scaled (unbiased sum), lost ones contribute zero
-    for (size_t i = 0; i < n; ++i) buf[i] *= rescale;
+    ops::scale_inplace(device_, buf, rescale, n);
     fill = net::Fill::Zero;
   }
   // Apply the plan in place: the "received" block is the contribution itself.
-  std::vector<float> copy(buf, buf + n);
-  std::fill(buf, buf + n, 0.0f);
-  c.elements_filled += static_cast<int64_t>(
-      apply_delivery(buf, copy.data(), n, plan, fill, false, ReduceOp::Sum, 1.0f, stale));
+  float* copy = scratch_.original.floats(std::max<size_t>(n, 1));
+  ops::copy(device_, copy, buf, n);
+  ops::fill(device_, buf, 0.0f, n);
+  c.elements_filled += static_cast<int64_t>(apply_delivery_on(
+      device_, buf, copy, n, plan, fill, false, ReduceOp::Sum, 1.0f, stale, scratch_.mask));
 }
 
 // Names the site and group in a timeout raised anywhere below a collective.
@@ -158,7 +177,7 @@ void Comm::all_reduce_impl(float* buf, size_t n, const std::string& site, Reduce
       backend_->all_reduce(buf, n, op);
       break;
     case Path::Ring: {
-      HopContext ctx{*backend_, net_.get(), message(site, net::CollKind::AllReduce), seed_, &stale_, c};
+      HopContext ctx = hop_context(site, net::CollKind::AllReduce, c, true);
       ring_all_reduce(ctx, buf, n, op);
       break;
     }
@@ -171,8 +190,7 @@ void Comm::all_reduce_as_ring(float* buf, size_t n, const std::string& site, Red
   SiteCounters& c = stats_->site(site);
   c.calls += 1;
   const bool lossy = path_for(site) == Path::Ring;
-  HopContext ctx{*backend_, lossy ? net_.get() : nullptr, message(site, net::CollKind::AllReduce), seed_,
-                 &stale_, c};
+  HopContext ctx = hop_context(site, net::CollKind::AllReduce, c, lossy);
   guarded(site, [&] { lossytp::ring_all_reduce(ctx, buf, n, op); });
 }
 
@@ -191,7 +209,7 @@ void Comm::block_collective(net::CollKind kind, const float* in, float* out, siz
   const int p = size();
   const bool gather = kind == net::CollKind::AllGather;
   ++call_;
-  if (p == 1) { std::copy(in, in + m, out); return; }
+  if (p == 1) { ops::copy(device_, out, in, m); return; }
   SiteCounters& c = stats_->site(site);
   c.calls += 1;
   auto native = [&](const float* contribution) {
@@ -210,13 +228,14 @@ void Comm::block_collective(net::CollKind kind, const float* in, float* out, siz
     case Path::Endpoint: {
       count_native(c, p - 1, m * sizeof(float), false);
       const size_t n = gather ? m : m * p;
-      std::vector<float> mine(in, in + n);
-      mask_contribution(mine.data(), n, site, kind, c);
-      native(mine.data());
+      float* mine = scratch_.masked.floats(std::max<size_t>(n, 1));
+      ops::copy(device_, mine, in, n);
+      mask_contribution(mine, n, site, kind, c);
+      native(mine);
       break;
     }
     case Path::Ring: {
-      HopContext ctx{*backend_, net_.get(), message(site, kind), seed_, &stale_, c};
+      HopContext ctx = hop_context(site, kind, c, true);
       if (gather) ring_all_gather(ctx, in, out, m);
       else ring_reduce_scatter(ctx, in, out, m);
       break;

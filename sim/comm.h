@@ -6,6 +6,9 @@
 //  - mode=ring: the collective runs as the ring algorithm hop by hop over point-to-point
 //    messages, and each hop's packets pass through the model (sim/ring_collectives.h);
 //  - mode=endpoint: each rank's contribution is masked once, then the native collective.
+// A Comm works on its backend's device: on CUDA every float buffer given to it is a device
+// pointer, the plans are drawn on the host (same masks, same counters as on the CPU) and applied
+// by kernels, and scratch, stale values and masks stay on the device.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -13,8 +16,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/device.h"
 #include "netmodels/netmodel.h"
 #include "sim/backend.h"
+#include "sim/device_buffer.h"
+#include "sim/ring_collectives.h"
 
 namespace lossytp {
 
@@ -46,14 +52,16 @@ class CommStats {
   std::map<std::string, SiteCounters> sites_;
 };
 
-// Values that last arrived at each position of a site, for fill=stale.
+// Values that last arrived at each position of a site, for fill=stale, on the Comm's device.
 class StaleStore {
  public:
+  explicit StaleStore(Device d = Device::CPU) : dev_(d) {}
   // A buffer of n floats for (site, phase), zero the first time it is asked for.
   float* get(const std::string& site, int phase, size_t n);
 
  private:
-  std::map<std::pair<std::string, int>, std::vector<float>> bufs_;
+  Device dev_;
+  std::map<std::pair<std::string, int>, DeviceBuffer> bufs_;
 };
 
 class Comm {
@@ -66,6 +74,12 @@ class Comm {
   const std::string& group() const { return group_; }
   Backend& backend() { return *backend_; }
   CommStats& stats() { return *stats_; }
+
+  // Where the buffers of every call live: the backend's device (set at construction).
+  // set_device names it explicitly and throws std::invalid_argument when the backend moves
+  // buffers elsewhere (a CUDA Comm over the MPI backend).
+  void set_device(Device d);
+  Device device() const { return device_; }
 
   // The network model for every later call (nullptr: exact). run_seed keys its randomness
   // unless the spec has its own seed=.
@@ -106,12 +120,16 @@ class Comm {
   void count_reliable(SiteCounters& c, const std::string& site, net::CollKind kind, int hops,
                       size_t bytes_per_hop);
 
+  HopContext hop_context(const std::string& site, net::CollKind kind, SiteCounters& c, bool lossy);
+
   std::unique_ptr<Backend> backend_;
   std::string group_;
   std::shared_ptr<CommStats> stats_;
   std::shared_ptr<const net::NetSpec> net_;
   uint64_t seed_ = 0;
+  Device device_ = Device::CPU;
   StaleStore stale_;
+  CommScratch scratch_;
   int64_t iteration_ = 0;
   int64_t call_ = 0;
 };

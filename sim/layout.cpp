@@ -1,9 +1,15 @@
 #include "sim/layout.h"
 
+#include <cstdlib>
 #include <stdexcept>
 
 #include "sim/local_backend.h"
 #include "sim/mpi_backend.h"
+
+#ifdef LOSSYTP_HAVE_CUDA
+#include "kernels/cuda/ops.h"
+#include "sim/nccl_backend.h"
+#endif
 
 namespace lossytp {
 
@@ -45,17 +51,59 @@ Groups::~Groups() {
   }
 }
 
-std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout) {
+namespace {
+// Same dp index -> same TP group, ordered by tp_rank; same tp index -> same DP group.
+std::unique_ptr<Groups> split_groups(MPI_Comm run_comm, const Layout& layout) {
   auto g = std::make_unique<Groups>();
   g->layout = layout;
   g->stats = std::make_shared<CommStats>();
-  // Same dp index -> same TP group, ordered by tp_rank; same tp index -> same DP group.
   MPI_Comm_split(run_comm, layout.dp_rank, layout.tp_rank, &g->tp_comm);
   MPI_Comm_split(run_comm, layout.tp_rank, layout.dp_rank, &g->dp_comm);
+  return g;
+}
+}  // namespace
+
+std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout) {
+  auto g = split_groups(run_comm, layout);
   g->tp = std::make_unique<Comm>(std::make_unique<MpiBackend>(g->tp_comm), "tp", g->stats);
   g->dp = std::make_unique<Comm>(std::make_unique<MpiBackend>(g->dp_comm), "dp", g->stats);
   return g;
 }
+
+#ifdef LOSSYTP_HAVE_CUDA
+int select_local_gpu(MPI_Comm comm) {
+  const int gpus = cuda::device_count();
+  if (gpus < 1) throw std::runtime_error("the NCCL backend needs a GPU, and this node has none visible");
+  int local = -1;
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+    if (const char* v = std::getenv(var)) {
+      local = std::atoi(v);
+      break;
+    }
+  }
+  if (local < 0) {
+    MPI_Comm node;
+    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local);
+    MPI_Comm_free(&node);
+  }
+  const int dev = local % gpus;
+  cuda::set_device(dev);
+  return dev;
+}
+
+std::unique_ptr<Groups> make_nccl_groups(MPI_Comm run_comm, const Layout& layout) {
+  select_local_gpu(run_comm);
+  auto g = split_groups(run_comm, layout);
+  // Every rank creates its TP communicator, then its DP one: NCCL's init is collective over
+  // each, and the same order everywhere cannot deadlock.
+  g->tp = std::make_unique<Comm>(std::make_unique<NcclBackend>(g->tp_comm), "tp", g->stats);
+  g->dp = std::make_unique<Comm>(std::make_unique<NcclBackend>(g->dp_comm), "dp", g->stats);
+  g->tp->set_device(Device::CUDA);
+  g->dp->set_device(Device::CUDA);
+  return g;
+}
+#endif
 
 }  // namespace lossytp
 
@@ -70,6 +118,8 @@ std::unique_ptr<Groups> make_local_groups(LocalWorld& world, const Layout& l) {
   for (int d = 0; d < l.dp; ++d) dp_members.push_back(l.tp_rank + l.tp * d);
   g->tp = std::make_unique<Comm>(world.group("tp", tp_members, l.rank), "tp", g->stats);
   g->dp = std::make_unique<Comm>(world.group("dp", dp_members, l.rank), "dp", g->stats);
+  g->tp->set_device(world.device());
+  g->dp->set_device(world.device());
   return g;
 }
 

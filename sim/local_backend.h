@@ -4,7 +4,15 @@
 // pointers the members publish and reduce in member order, so every member gets bit-identical
 // results; point-to-point messages go through mailboxes (a send never blocks). Every wait honours
 // the backend's timeout and throws CommTimeout, like the MPI backend. Needs no MPI, so any layout
-// and network model runs in one process (and later on one GPU).
+// and network model runs in one process.
+//
+// A CUDA world runs every virtual rank on the same GPU: send/recv/sendrecv, the float
+// collectives and broadcast take device pointers (all_reduce_f64 stays on host doubles). All
+// ranks queue their copies and kernels on the legacy default stream, which executes them in the
+// order the threads submit them; the barriers order the submissions (every member has queued its
+// reads of the others' buffers before anyone queues a write to its own), so nothing waits for
+// the GPU on the host. Point-to-point messages travel in device staging buffers from a per-group
+// pool (reused: no cudaMalloc per message once the pool has grown).
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -15,14 +23,18 @@
 #include <string>
 #include <vector>
 
+#include "kernels/device.h"
 #include "sim/backend.h"
 
 namespace lossytp {
 
 class LocalWorld {
  public:
-  explicit LocalWorld(int size);
+  // dev = CUDA needs a build with CUDA (std::runtime_error otherwise); the threads use their
+  // current CUDA device, the same one for every rank.
+  explicit LocalWorld(int size, Device dev = Device::CPU);
   int size() const { return size_; }
+  Device device() const { return dev_; }
   // The Backend of the group `name` ("tp", "dp", "run") made of `members` (world ranks, the
   // same list on every member), for the member `world_rank`.
   std::unique_ptr<Backend> group(const std::string& name, const std::vector<int>& members,
@@ -32,6 +44,7 @@ class LocalWorld {
 
  private:
   int size_;
+  Device dev_;
   std::mutex mu_;
   std::map<std::pair<std::string, std::vector<int>>, std::shared_ptr<Group>> groups_;
 };

@@ -26,6 +26,8 @@ struct NcclBackend::Impl {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
   float* scratch = nullptr;  // one float for barrier()
+  double* f64 = nullptr;     // device staging of all_reduce_f64's host doubles
+  size_t f64_n = 0;
   bool aborted = false;
 };
 
@@ -44,7 +46,8 @@ NcclBackend::NcclBackend(MPI_Comm comm) : impl_(std::make_unique<Impl>()) {
   ncclUniqueId id;
   if (rank_ == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
   MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm);
-  check(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  // Blocking (not cudaStreamNonBlocking): synchronises with the legacy default stream.
+  check(cudaStreamCreate(&impl_->stream), "cudaStreamCreate");
   check(ncclCommInitRank(&impl_->comm, size_, id, rank_), "ncclCommInitRank");
   check(cudaMalloc(&impl_->scratch, sizeof(float)), "cudaMalloc");
 }
@@ -55,6 +58,7 @@ NcclBackend::~NcclBackend() {
     else ncclCommDestroy(impl_->comm);
   }
   if (impl_->scratch) cudaFree(impl_->scratch);
+  if (impl_->f64) cudaFree(impl_->f64);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
 }
 
@@ -107,9 +111,24 @@ void NcclBackend::all_reduce(float* buf, size_t n, ReduceOp op) {
 }
 
 void NcclBackend::all_reduce_f64(double* buf, size_t n, ReduceOp op) {
-  if (size_ == 1) return;
-  check(ncclAllReduce(buf, buf, n, ncclDouble, nccl_op(op), impl_->comm, impl_->stream), "ncclAllReduce");
+  if (size_ == 1 || n == 0) return;
+  if (impl_->f64_n < n) {
+    if (impl_->f64) check(cudaFree(impl_->f64), "cudaFree");
+    impl_->f64 = nullptr;
+    impl_->f64_n = 0;
+    check(cudaMalloc(&impl_->f64, n * sizeof(double)), "cudaMalloc");
+    impl_->f64_n = n;
+  }
+  // Host doubles (control values) through the device. The copy back is queued only once the
+  // collective is done: a copy into pageable memory blocks, which would escape the timeout.
+  check(cudaMemcpyAsync(impl_->f64, buf, n * sizeof(double), cudaMemcpyHostToDevice, impl_->stream),
+        "cudaMemcpyAsync to device");
+  check(ncclAllReduce(impl_->f64, impl_->f64, n, ncclDouble, nccl_op(op), impl_->comm, impl_->stream),
+        "ncclAllReduce");
   wait("all-reduce");
+  check(cudaMemcpyAsync(buf, impl_->f64, n * sizeof(double), cudaMemcpyDeviceToHost, impl_->stream),
+        "cudaMemcpyAsync to host");
+  check(cudaStreamSynchronize(impl_->stream), "cudaStreamSynchronize");
 }
 
 void NcclBackend::all_gather(const float* in, float* out, size_t n_per_rank) {

@@ -1,5 +1,8 @@
 // Backend over NCCL (GPU memory), one rank per GPU, created from an MPI communicator: rank 0's
-// ncclUniqueId is broadcast over MPI. Buffers passed to it are device pointers. Point-to-point
+// ncclUniqueId is broadcast over MPI. Buffers passed to it are device pointers (all_reduce_f64:
+// host doubles, staged through the device). Its stream is a blocking one, so it is ordered with
+// the legacy default stream every kernel and copy runs on: a collective sees the results of the
+// kernels queued before it, and kernels queued after it see its result. Point-to-point
 // messages use ncclSend/ncclRecv (sendrecv in one group, so a ring hop cannot deadlock); the
 // collectives are NCCL's native ones. Every call waits for its stream with the backend's timeout:
 // a hung peer aborts the NCCL communicator and throws CommTimeout. Built with the GPU path only
@@ -22,6 +25,7 @@ class NcclBackend final : public Backend {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string name() const override { return "nccl"; }
+  Device device() const override { return Device::CUDA; }
 
   void send(const void* buf, size_t bytes, int dst, int tag) override;
   void recv(void* buf, size_t bytes, int src, int tag) override;

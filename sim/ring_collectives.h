@@ -9,13 +9,26 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/device.h"
 #include "netmodels/netmodel.h"
 #include "sim/backend.h"
+#include "sim/device_buffer.h"
 
 namespace lossytp {
 
 struct SiteCounters;
 class StaleStore;
+
+// Reusable buffers of one Comm, on the Comm's device: steady-state collectives allocate nothing.
+struct CommScratch {
+  explicit CommScratch(Device d = Device::CPU)
+      : recv(d, 0), work(d, 0), mask(d, 0), masked(d, 0), original(d, 0) {}
+  DeviceBuffer recv;      // a ring hop's received block
+  DeviceBuffer work;      // ring reduce-scatter: the working copy of the input
+  DeviceBuffer mask;      // a delivery plan's lost_mask, uploaded to the device (CUDA only)
+  DeviceBuffer masked;    // endpoint mode: this rank's masked contribution
+  DeviceBuffer original;  // endpoint mode: the contribution before masking
+};
 
 struct HopContext {
   Backend& backend;
@@ -24,6 +37,10 @@ struct HopContext {
   uint64_t seed;
   StaleStore* stale;
   SiteCounters& counters;
+  // Where the collective's buffers live (CUDA: every float pointer is a device pointer; the
+  // plans are still drawn on the host, so masks and counters are the same as on the CPU).
+  Device device = Device::CPU;
+  CommScratch* scratch = nullptr;  // required
 };
 
 void ring_all_reduce(HopContext& ctx, float* buf, size_t n, ReduceOp op);
@@ -33,8 +50,18 @@ void ring_reduce_scatter(HopContext& ctx, const float* in, float* out, size_t n_
 // Applies a delivery plan to one received block of `len` floats (exposed for the tests).
 // reduce: own[i] = op(own[i], received value or its fill); gather: own[i] = received or fill.
 // stale (may be null unless fill is stale) holds the last value that arrived at each position
-// and is updated with what arrives. Returns the number of elements filled.
+// and is updated with what arrives. A packet carries plan.packet_bytes / elem_bytes elements
+// (elem_bytes: the element size on the wire). Returns the number of elements filled.
 size_t apply_delivery(float* own, const float* recv, size_t len, const net::DeliveryPlan& plan,
-                      net::Fill fill, bool reduce, ReduceOp op, float rescale, float* stale);
+                      net::Fill fill, bool reduce, ReduceOp op, float rescale, float* stale,
+                      size_t elem_bytes = sizeof(float));
+
+// apply_delivery on `dev`: the host function on the CPU; on CUDA the plan's mask is uploaded
+// into `mask_scratch` (a device byte buffer, reused) and kernels/cuda applies it. The count of
+// filled elements comes from the host mask either way, so counters match across devices.
+size_t apply_delivery_on(Device dev, float* own, const float* recv, size_t len,
+                         const net::DeliveryPlan& plan, net::Fill fill, bool reduce, ReduceOp op,
+                         float rescale, float* stale, DeviceBuffer& mask_scratch,
+                         size_t elem_bytes = sizeof(float));
 
 }  // namespace lossytp

@@ -7,6 +7,7 @@
 #ifdef LOSSYTP_HAVE_CUDA
 #include "kernels/cuda/ops.h"
 #endif
+#include "kernels/ops.h"
 
 namespace lossytp {
 
@@ -73,36 +74,30 @@ Tensor Tensor::flat(size_t offset, size_t n, std::vector<int64_t> shape) const {
 
 void Tensor::zero() {
   if (!numel_) return;
-  if (device_ == Device::CUDA) {
-    std::vector<float> z(numel_, 0.0f);
-    copy_from_host(z.data());
-    return;
-  }
+  if (device_ == Device::CUDA) { ops::fill(device_, data(), 0.0f, numel_); return; }
   std::memset(data(), 0, bytes());
 }
 
 void Tensor::fill(float v) {
-  if (device_ == Device::CUDA) {
-    std::vector<float> h(numel_, v);
-    copy_from_host(h.data());
-    return;
-  }
+  if (!numel_) return;
+  if (device_ == Device::CUDA) { ops::fill(device_, data(), v, numel_); return; }
   float* p = data();
   for (size_t i = 0; i < numel_; ++i) p[i] = v;
 }
 
 Tensor Tensor::clone() const { return to(device_); }
 
+// One copy, whatever the devices: host-host memcpy, or cudaMemcpyDefault (no host staging).
 Tensor Tensor::to(Device dev) const {
   Tensor t(shape_, dev);
   if (!numel_) return t;
-  if (device_ == Device::CPU) {
-    t.copy_from_host(data());
-  } else {
-    std::vector<float> h(numel_);
-    copy_to_host(h.data());
-    t.copy_from_host(h.data());
+  if (device_ == Device::CPU && dev == Device::CPU) {
+    std::memcpy(t.data(), data(), bytes());
+    return t;
   }
+#ifdef LOSSYTP_HAVE_CUDA
+  cuda::copy_bytes(t.data(), data(), bytes());
+#endif
   return t;
 }
 

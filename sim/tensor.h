@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-namespace lossytp {
+#include "kernels/device.h"
 
-enum class Device { CPU, CUDA };
+namespace lossytp {
 
 class Tensor {
  public:

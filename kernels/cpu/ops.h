@@ -96,5 +96,37 @@ double sum_squares(const float* x, size_t n);
 void scale_inplace(float* x, float s, size_t n);
 // y += x
 void add_inplace(float* y, const float* x, size_t n);
+// y = max(y, x)
+void max_inplace(float* y, const float* x, size_t n);
+// sum of x in double, fixed order.
+double sum(const float* x, size_t n);
+
+// ---- rows and columns
+// y[n, c] += b[c] for y [N, C] (a bias added after a reduce).
+void bias_add(float* y, const float* b, int N, int C);
+// db[c] += sum_n dy[n, c], rows in order.
+void bias_grad(float* db, const float* dy, int N, int C);
+// dst[n, 0:w] = src[n, 0:w] for N rows with row strides ldd and lds.
+void copy_cols(float* dst, int ldd, const float* src, int lds, int N, int w);
+// x[n, c] *= s for c in [c0, C).
+void scale_cols(float* x, int N, int C, int c0, float s);
 
 }  // namespace lossytp::cpu
+
+// ==== bf16 GEMMs (kernels/cpu/matmul_bf16.cpp) ====================================================
+namespace lossytp::cpu {
+
+// The linear layer with bf16 GEMM operands, for --bf16 (fp32 master weights and activations).
+// Same signatures, layouts and accumulate/overwrite conventions as matmul_forward/backward: out
+// and dinp (nullptr: skipped) are overwritten, dweight (nullptr: skipped) and dbias (nullptr:
+// skipped) accumulate. Every GEMM operand (inp, weight, dout) is first rounded to bf16 (round to
+// nearest even, kernels/bf16.h), products accumulate in fp32 and results are fp32. Bias and dbias
+// stay fp32: dbias sums the unrounded dout. Bit-identical to matmul_forward/backward called on
+// pre-rounded operands (the same sgemm).
+void matmul_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
+                         int N, int C, int OC);
+void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* weight, int N, int C, int OC);
+
+}  // namespace lossytp::cpu
+// ==== end of bf16 GEMMs ===========================================================================

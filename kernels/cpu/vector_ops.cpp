@@ -45,3 +45,47 @@ void add_inplace(float* y, const float* x, size_t n) {
 }
 
 }  // namespace lossytp::cpu
+
+namespace lossytp::cpu {
+
+void max_inplace(float* y, const float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] = std::max(y[i], x[i]);
+}
+
+double sum(const float* x, size_t n) {
+  double s = 0.0;
+  for (size_t i = 0; i < n; ++i) s += x[i];
+  return s;
+}
+
+void bias_add(float* y, const float* b, int N, int C) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    float* row = y + static_cast<size_t>(n) * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) row[c] += b[c];
+  }
+}
+
+void bias_grad(float* db, const float* dy, int N, int C) {
+  for (int n = 0; n < N; ++n) {
+    const float* row = dy + static_cast<size_t>(n) * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) db[c] += row[c];
+  }
+}
+
+void copy_cols(float* dst, int ldd, const float* src, int lds, int N, int w) {
+  for (int n = 0; n < N; ++n)
+    std::copy(src + static_cast<size_t>(n) * lds, src + static_cast<size_t>(n) * lds + w,
+              dst + static_cast<size_t>(n) * ldd);
+}
+
+void scale_cols(float* x, int N, int C, int c0, float s) {
+  for (int n = 0; n < N; ++n) {
+    float* row = x + static_cast<size_t>(n) * C;
+    for (int c = c0; c < C; ++c) row[c] *= s;
+  }
+}
+
+}  // namespace lossytp::cpu

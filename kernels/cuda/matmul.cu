@@ -3,13 +3,12 @@
 #include <cublas_v2.h>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cublas_handle.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace lossytp::cuda {
 
-namespace {
-
-cublasHandle_t handle() {
+cublasHandle_t cublas_handle() {
   static thread_local cublasHandle_t h = [] {
     cublasHandle_t x = nullptr;
     if (cublasCreate(&x) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasCreate failed");
@@ -19,6 +18,8 @@ cublasHandle_t handle() {
   }();
   return h;
 }
+
+namespace {
 
 __global__ void add_bias_rows(float* out, const float* bias, int N, int OC) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
@@ -40,7 +41,7 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
            const float* B, int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
   const cublasStatus_t st =
-      cublasSgemm(handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+      cublasSgemm(cublas_handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                   N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc);
   if (st != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasSgemm failed (status " + std::to_string(st) + ")");
 }

@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/packet_rng.h"
 
@@ -23,6 +25,14 @@ void free(void* p);
 void to_device(void* dst, const void* src, size_t bytes);
 void to_host(void* dst, const void* src, size_t bytes);
 void synchronize();  // also reports an error raised by an earlier kernel
+int device_count();      // 0 without a driver or GPU
+void set_device(int device);  // this host thread's current device
+int current_device();
+// bytes between any two buffers (host or device, cudaMemcpyDefault: unified addressing tells
+// which). Device-to-device copies are queued on the default stream and return at once; copies
+// involving pageable host memory return when the host side is safe to reuse.
+void copy_bytes(void* dst, const void* src, size_t bytes);
+void memset_bytes(void* p, int value, size_t bytes);  // queued on the default stream
 
 // ---- GEMM (cuBLAS), row-major, as cpu::sgemm
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
@@ -68,6 +78,20 @@ void ce_backward_inplace(float* logits, const float* sum_exp, const int32_t* tgt
 void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int64_t t);
 
+// ---- vectors, rows and columns (kernels/cpu/ops.h's helpers)
+void copy(float* dst, const float* src, size_t n);  // device to device
+void fill(float* x, float v, size_t n);
+void scale_inplace(float* x, float s, size_t n);
+void add_inplace(float* y, const float* x, size_t n);
+void max_inplace(float* y, const float* x, size_t n);
+void bias_add(float* y, const float* b, int N, int C);
+void bias_grad(float* db, const float* dy, int N, int C);
+void copy_cols(float* dst, int ldd, const float* src, int lds, int N, int w);
+void scale_cols(float* x, int N, int C, int c0, float s);
+// Host values of device reductions (one device-to-host copy each), fixed order.
+double sum(const float* x, size_t n);
+double sum_squares(const std::vector<std::pair<const float*, size_t>>& spans);
+
 // ---- network-model work on the device: the same per-packet functions as the CPU
 // (kernels/packet_rng.h), so a mask drawn here is bit-identical to the CPU's.
 // i.i.d. loss: lost[i] |= (word of packet i in `lane` < t), packets [0, n).
@@ -82,3 +106,18 @@ void apply_delivery(float* own, const float* recv, size_t len, const uint8_t* ma
                     float* stale);
 
 }  // namespace lossytp::cuda
+
+// ==== bf16 GEMMs (kernels/cuda/matmul_bf16.cu) ===================================================
+namespace lossytp::cuda {
+
+// kernels/cpu/ops.h's matmul_forward_bf16/matmul_backward_bf16 on device pointers: operands
+// rounded to bf16 exactly as the CPU rounds them (kernels/bf16.h), cublasGemmEx with bf16 A/B,
+// fp32 C, fp32 accumulation; bias and dbias fp32; out/dinp overwritten, dweight/dbias +=
+// (nullptr skips dinp, dweight, dbias).
+void matmul_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
+                         int N, int C, int OC);
+void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* weight, int N, int C, int OC);
+
+}  // namespace lossytp::cuda
+// ==== end of bf16 GEMMs ===========================================================================

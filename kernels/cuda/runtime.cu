@@ -42,4 +42,33 @@ void to_host(void* dst, const void* src, size_t bytes) {
 
 void synchronize() { check_cuda(cudaDeviceSynchronize(), "a CUDA kernel"); }
 
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+void set_device(int device) {
+  check_cuda(cudaSetDevice(device), ("cudaSetDevice(" + std::to_string(device) + ")").c_str());
+}
+
+int current_device() {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  return dev;
+}
+
+void copy_bytes(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0 || dst == src) return;
+  check_cuda(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), "cudaMemcpy");
+}
+
+void memset_bytes(void* p, int value, size_t bytes) {
+  if (bytes == 0) return;
+  check_cuda(cudaMemset(p, value, bytes), "cudaMemset");
+}
+
 }  // namespace lossytp::cuda

@@ -1,0 +1,171 @@
+// Dispatch of kernels/ops.h: the CPU or CUDA twin by the buffers' device.
+#include "kernels/ops.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "kernels/cpu/ops.h"
+#ifdef LOSSYTP_HAVE_CUDA
+#include "kernels/cuda/ops.h"
+#endif
+
+namespace lossytp::ops {
+
+namespace {
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("a CUDA kernel was called in a build without CUDA (CMake found no nvcc/NCCL)");
+}
+}  // namespace
+
+// Runs `call` from cuda:: or cpu:: (both twins take the same arguments).
+#ifdef LOSSYTP_HAVE_CUDA
+#define LOSSYTP_ON(d, call) \
+  if ((d) == Device::CUDA) return cuda::call; \
+  return cpu::call
+#else
+#define LOSSYTP_ON(d, call) \
+  if ((d) == Device::CUDA) no_cuda(); \
+  return cpu::call
+#endif
+
+void matmul_forward(Device d, float* out, const float* inp, const float* weight, const float* bias,
+                    int N, int C, int OC) {
+  LOSSYTP_ON(d, matmul_forward(out, inp, weight, bias, N, C, OC));
+}
+void matmul_backward(Device d, float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, int N, int C, int OC) {
+  LOSSYTP_ON(d, matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC));
+}
+void matmul_forward_bf16(Device d, float* out, const float* inp, const float* weight,
+                         const float* bias, int N, int C, int OC) {
+  LOSSYTP_ON(d, matmul_forward_bf16(out, inp, weight, bias, N, C, OC));
+}
+void matmul_backward_bf16(Device d, float* dinp, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* weight, int N, int C, int OC) {
+  LOSSYTP_ON(d, matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC));
+}
+void layernorm_forward(Device d, float* out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int N, int C) {
+  LOSSYTP_ON(d, layernorm_forward(out, mean, rstd, inp, weight, bias, N, C));
+}
+void layernorm_backward(Device d, float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean,
+                        const float* rstd, int N, int C) {
+  LOSSYTP_ON(d, layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C));
+}
+void gelu_forward(Device d, float* out, const float* inp, size_t n) {
+  LOSSYTP_ON(d, gelu_forward(out, inp, n));
+}
+void gelu_backward(Device d, float* dinp, const float* inp, const float* dout, size_t n) {
+  LOSSYTP_ON(d, gelu_backward(dinp, inp, dout, n));
+}
+void attention_forward(Device d, float* out, float* lse, const float* qkv, int B, int T, int NH,
+                       int HD) {
+  LOSSYTP_ON(d, attention_forward(out, lse, qkv, B, T, NH, HD));
+}
+void attention_backward(Device d, float* dqkv, const float* dout, const float* qkv,
+                        const float* out, const float* lse, int B, int T, int NH, int HD) {
+  LOSSYTP_ON(d, attention_backward(dqkv, dout, qkv, out, lse, B, T, NH, HD));
+}
+void embedding_forward(Device d, float* out, const int32_t* tok, const float* table, int N, int C,
+                       int vocab_start, int V) {
+  LOSSYTP_ON(d, embedding_forward(out, tok, table, N, C, vocab_start, V));
+}
+void embedding_backward(Device d, float* dtable, const int32_t* tok, const float* dout, int N,
+                        int C, int vocab_start, int V) {
+  LOSSYTP_ON(d, embedding_backward(dtable, tok, dout, N, C, vocab_start, V));
+}
+void position_forward(Device d, float* out, const float* pos, int B, int T, int C) {
+  LOSSYTP_ON(d, position_forward(out, pos, B, T, C));
+}
+void position_backward(Device d, float* dpos, const float* dout, int B, int T, int C) {
+  LOSSYTP_ON(d, position_backward(dpos, dout, B, T, C));
+}
+void ce_local_max(Device d, float* row_max, const float* logits, int N, int V) {
+  LOSSYTP_ON(d, ce_local_max(row_max, logits, N, V));
+}
+void ce_local_target(Device d, float* target_logit, const float* logits, const int32_t* tgt,
+                     int N, int V, int vocab_start) {
+  LOSSYTP_ON(d, ce_local_target(target_logit, logits, tgt, N, V, vocab_start));
+}
+void ce_local_exp_sum(Device d, float* sum_exp, float* logits, const float* row_max, int N, int V) {
+  LOSSYTP_ON(d, ce_local_exp_sum(sum_exp, logits, row_max, N, V));
+}
+void ce_losses(Device d, float* losses, const float* row_max, const float* sum_exp,
+               const float* target_logit, int N) {
+  LOSSYTP_ON(d, ce_losses(losses, row_max, sum_exp, target_logit, N));
+}
+void ce_backward_inplace(Device d, float* logits, const float* sum_exp, const int32_t* tgt,
+                         const float* dloss, int N, int V, int vocab_start) {
+  LOSSYTP_ON(d, ce_backward_inplace(logits, sum_exp, tgt, dloss, N, V, vocab_start));
+}
+void adamw_update(Device d, float* param, const float* grad, float* m, float* v, size_t n,
+                  float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t) {
+  LOSSYTP_ON(d, adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, t));
+}
+void bias_add(Device d, float* y, const float* b, int N, int C) {
+  LOSSYTP_ON(d, bias_add(y, b, N, C));
+}
+void bias_grad(Device d, float* db, const float* dy, int N, int C) {
+  LOSSYTP_ON(d, bias_grad(db, dy, N, C));
+}
+void copy_cols(Device d, float* dst, int ldd, const float* src, int lds, int N, int w) {
+  LOSSYTP_ON(d, copy_cols(dst, ldd, src, lds, N, w));
+}
+void scale_cols(Device d, float* x, int N, int C, int c0, float s) {
+  LOSSYTP_ON(d, scale_cols(x, N, C, c0, s));
+}
+void scale_inplace(Device d, float* x, float s, size_t n) {
+  LOSSYTP_ON(d, scale_inplace(x, s, n));
+}
+void add_inplace(Device d, float* y, const float* x, size_t n) {
+  LOSSYTP_ON(d, add_inplace(y, x, n));
+}
+void max_inplace(Device d, float* y, const float* x, size_t n) {
+  LOSSYTP_ON(d, max_inplace(y, x, n));
+}
+double sum(Device d, const float* x, size_t n) { LOSSYTP_ON(d, sum(x, n)); }
+
+void copy(Device d, float* dst, const float* src, size_t n) {
+#ifdef LOSSYTP_HAVE_CUDA
+  if (d == Device::CUDA) return cuda::copy(dst, src, n);
+#else
+  if (d == Device::CUDA) no_cuda();
+#endif
+  if (n && dst != src) std::copy(src, src + n, dst);
+}
+
+void fill(Device d, float* x, float v, size_t n) {
+#ifdef LOSSYTP_HAVE_CUDA
+  if (d == Device::CUDA) return cuda::fill(x, v, n);
+#else
+  if (d == Device::CUDA) no_cuda();
+#endif
+  std::fill(x, x + n, v);
+}
+
+double sum_squares(Device d, const std::vector<std::pair<const float*, size_t>>& spans) {
+#ifdef LOSSYTP_HAVE_CUDA
+  if (d == Device::CUDA) return cuda::sum_squares(spans);
+#else
+  if (d == Device::CUDA) no_cuda();
+#endif
+  double s = 0.0;
+  for (const auto& [p, n] : spans) s += cpu::sum_squares(p, n);
+  return s;
+}
+
+std::string unavailable(Device d) {
+  if (d == Device::CPU) return "";
+#ifdef LOSSYTP_HAVE_CUDA
+  if (!cuda::device_available())
+    return "no CUDA GPU is visible to this process (driver missing, or CUDA_VISIBLE_DEVICES hides it)";
+  return "";
+#else
+  return "this build has no GPU path (CMake found no nvcc/NCCL in /usr/local/cuda, or -DLOSSYTP_CUDA=OFF)";
+#endif
+}
+
+#undef LOSSYTP_ON
+
+}  // namespace lossytp::ops

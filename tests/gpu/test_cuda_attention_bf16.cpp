@@ -1,0 +1,207 @@
+// The cuBLAS attention (kernels/cuda/attention.cu) and the bf16 linear layer
+// (kernels/cuda/matmul_bf16.cu) against their CPU twins. Part of lossytp_gpu_tests (main() in
+// test_cuda_kernels.cpp: exit 77, reported as skipped, without a GPU).
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/philox.h"
+
+using namespace lossytp;
+
+namespace {
+
+template <typename T>
+struct Buf {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Buf(size_t count) : p(static_cast<T*>(cuda::alloc(count * sizeof(T)))), n(count) {}
+  explicit Buf(const std::vector<T>& h) : Buf(h.size()) { cuda::to_device(p, h.data(), n * sizeof(T)); }
+  ~Buf() { cuda::free(p); }
+  Buf(const Buf&) = delete;
+  std::vector<T> host() const {
+    std::vector<T> h(n);
+    cuda::synchronize();
+    cuda::to_host(h.data(), p, n * sizeof(T));
+    return h;
+  }
+};
+
+std::vector<float> gauss(size_t n, uint64_t stream, float scale = 1.0f) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = scale * philox_normal(4242, stream, i);
+  return v;
+}
+
+// max |a - b| / (1 + |b|); infinity when a has a NaN
+double rdiff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double w = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) != std::isnan(b[i])) return INFINITY;
+    w = std::max(w, std::abs(double(a[i]) - b[i]) / (1 + std::abs(b[i])));
+  }
+  return w;
+}
+
+struct AttnResult {
+  std::vector<float> out, lse, dqkv;
+};
+
+AttnResult cpu_attention(const std::vector<float>& qkv, const std::vector<float>& dout, int B, int T,
+                         int NH, int HD) {
+  AttnResult r{std::vector<float>(dout.size()), std::vector<float>(size_t(B) * NH * T),
+               std::vector<float>(qkv.size())};
+  cpu::attention_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, NH, HD);
+  cpu::attention_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B, T, NH, HD);
+  return r;
+}
+
+// dqkv starts as NaN: it must be overwritten everywhere.
+AttnResult gpu_attention(const std::vector<float>& qkv, const std::vector<float>& dout, int B, int T,
+                         int NH, int HD) {
+  Buf<float> gqkv(qkv), gdout(dout), gout(dout.size()), glse(size_t(B) * NH * T),
+      gdqkv(std::vector<float>(qkv.size(), NAN));
+  cuda::attention_forward(gout.p, glse.p, gqkv.p, B, T, NH, HD);
+  cuda::attention_backward(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, HD);
+  return {gout.host(), glse.host(), gdqkv.host()};
+}
+
+void check_attention(int B, int T, int NH, int HD) {
+  INFO("B " << B << " T " << T << " NH " << NH << " HD " << HD);
+  const size_t nqkv = size_t(B) * T * NH * 3 * HD, no = size_t(B) * T * NH * HD;
+  const auto qkv = gauss(nqkv, 100 + T, 1.0f), dout = gauss(no, 200 + T);
+  const AttnResult c = cpu_attention(qkv, dout, B, T, NH, HD);
+  const AttnResult g = gpu_attention(qkv, dout, B, T, NH, HD);
+  CHECK(rdiff(g.out, c.out) < 1e-5);
+  CHECK(rdiff(g.lse, c.lse) < 1e-5);
+  CHECK(rdiff(g.dqkv, c.dqkv) < 1e-4);
+}
+
+}  // namespace
+
+TEST_CASE("cuBLAS attention matches the CPU at many shapes", "[gpu][attention]") {
+  check_attention(1, 1, 1, 8);     // one token: P = 1, dq = dk = 0
+  check_attention(2, 37, 3, 16);   // the shape of test_cuda_kernels.cpp
+  check_attention(1, 64, 2, 64);   // exactly one CPU tile
+  check_attention(3, 129, 4, 64);  // HD = 64, T one past two tiles, B > 1, NH > 1
+  check_attention(2, 200, 1, 8);   // small HD, T no multiple of 32 or 64
+  check_attention(1, 33, 5, 24);   // HD no multiple of 16 or 32
+  check_attention(2, 256, 4, 64);  // gpt-tiny's head shape
+  check_attention(1, 40, 2, 3);    // tiny odd HD
+}
+
+TEST_CASE("cuBLAS attention: a problem larger than one scratch chunk", "[gpu][attention]") {
+  // 3 sequences of 4800 x 4800 scores: 69 M floats > 2^26 per scratch buffer, so two chunks
+  check_attention(3, 4800, 1, 8);
+}
+
+TEST_CASE("cuBLAS attention: scratch grows and shrinks between calls", "[gpu][attention]") {
+  check_attention(2, 300, 2, 32);
+  check_attention(1, 20, 2, 32);   // smaller after larger: the buffers are reused
+  check_attention(2, 301, 2, 32);  // a little larger again
+}
+
+TEST_CASE("cuBLAS attention is causal, deterministic and thread-safe", "[gpu][attention]") {
+  const int B = 2, T = 70, NH = 2, HD = 16;
+  const size_t nqkv = size_t(B) * T * NH * 3 * HD, no = size_t(B) * T * NH * HD;
+  auto qkv = gauss(nqkv, 7), dout = gauss(no, 8);
+  const AttnResult a = gpu_attention(qkv, dout, B, T, NH, HD);
+  const AttnResult again = gpu_attention(qkv, dout, B, T, NH, HD);
+  CHECK(a.out == again.out);
+  CHECK(a.lse == again.lse);
+  CHECK(a.dqkv == again.dqkv);
+
+  // changing token T-1's k and v changes no output before it
+  auto qkv2 = qkv;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int w = 1; w < 3; ++w)
+        for (int i = 0; i < HD; ++i) qkv2[(((size_t(b) * T + T - 1) * NH + h) * 3 + w) * HD + i] += 1.0f;
+  const AttnResult m = gpu_attention(qkv2, dout, B, T, NH, HD);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T - 1; ++t)
+      for (int h = 0; h < NH; ++h)
+        for (int i = 0; i < HD; ++i) {
+          const size_t o = ((size_t(b) * T + t) * NH + h) * HD + i;
+          REQUIRE(m.out[o] == a.out[o]);
+        }
+
+  // several host threads at once (virtual ranks share one GPU), each with its own shape
+  const std::vector<std::tuple<int, int, int, int>> shapes = {{2, 37, 3, 16}, {1, 129, 2, 64}, {3, 50, 1, 8}};
+  std::vector<AttnResult> want, got(shapes.size());
+  std::vector<std::vector<float>> in(shapes.size()), gin(shapes.size());
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    const auto [b, t, nh, hd] = shapes[s];
+    in[s] = gauss(size_t(b) * t * nh * 3 * hd, 300 + s);
+    gin[s] = gauss(size_t(b) * t * nh * hd, 400 + s);
+    want.push_back(cpu_attention(in[s], gin[s], b, t, nh, hd));
+  }
+  std::vector<std::thread> threads;
+  for (size_t s = 0; s < shapes.size(); ++s)
+    threads.emplace_back([&, s] {
+      const auto [b, t, nh, hd] = shapes[s];
+      for (int rep = 0; rep < 3; ++rep) got[s] = gpu_attention(in[s], gin[s], b, t, nh, hd);
+    });
+  for (auto& th : threads) th.join();
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    INFO("thread " << s);
+    CHECK(rdiff(got[s].out, want[s].out) < 1e-5);
+    CHECK(rdiff(got[s].lse, want[s].lse) < 1e-5);
+    CHECK(rdiff(got[s].dqkv, want[s].dqkv) < 1e-4);
+  }
+}
+
+TEST_CASE("bf16 matmul forward and backward match the CPU's bf16 matmul", "[gpu][bf16]") {
+  for (const auto& [N, C, OC] : {std::tuple{1, 1, 1}, std::tuple{67, 48, 80}, std::tuple{130, 257, 96},
+                                 std::tuple{512, 768, 2304}, std::tuple{33, 5, 1000}}) {
+    INFO("N " << N << " C " << C << " OC " << OC);
+    const size_t nx = size_t(N) * C, nw = size_t(OC) * C, ny = size_t(N) * OC;
+    const auto x = gauss(nx, 1), w = gauss(nw, 2, 0.1f), b = gauss(OC, 3), dy = gauss(ny, 4);
+    std::vector<float> y(ny), y_nb(ny), dx(nx), dw(nw, 0.5f), db(OC, 0.25f);
+    cpu::matmul_forward_bf16(y.data(), x.data(), w.data(), b.data(), N, C, OC);
+    cpu::matmul_forward_bf16(y_nb.data(), x.data(), w.data(), nullptr, N, C, OC);
+    cpu::matmul_backward_bf16(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), N, C, OC);
+
+    Buf<float> gx(x), gw(w), gb(b), gdy(dy), gy(std::vector<float>(ny, NAN)), gy_nb(std::vector<float>(ny, NAN)),
+        gdx(std::vector<float>(nx, NAN)), gdw(std::vector<float>(nw, 0.5f)), gdb(std::vector<float>(OC, 0.25f));
+    cuda::matmul_forward_bf16(gy.p, gx.p, gw.p, gb.p, N, C, OC);
+    cuda::matmul_forward_bf16(gy_nb.p, gx.p, gw.p, nullptr, N, C, OC);
+    cuda::matmul_backward_bf16(gdx.p, gdw.p, gdb.p, gdy.p, gx.p, gw.p, N, C, OC);
+    // Identically rounded operands and exact products on both sides: only the fp32 additions
+    // differ. The tensor cores do not add in IEEE round-to-nearest (they align a block of
+    // products to the largest exponent and truncate), so the difference grows with the depth K
+    // of the product: 1e-5 up to K = 256, proportionally beyond.
+    auto tol = [](int K) { return 1e-5 * std::max(1.0, K / 256.0); };
+    CHECK(rdiff(gy.host(), y) < tol(C));
+    CHECK(rdiff(gy_nb.host(), y_nb) < tol(C));
+    CHECK(rdiff(gdx.host(), dx) < tol(OC));
+    CHECK(rdiff(gdw.host(), dw) < tol(N));
+    CHECK(rdiff(gdb.host(), db) < 1e-5);  // fp32 column sums, no tensor cores
+
+    // nullptr skips dinp and dbias; dweight accumulates again
+    cuda::matmul_backward_bf16(nullptr, gdw.p, nullptr, gdy.p, gx.p, gw.p, N, C, OC);
+    cpu::matmul_backward_bf16(nullptr, dw.data(), nullptr, dy.data(), x.data(), w.data(), N, C, OC);
+    CHECK(rdiff(gdw.host(), dw) < 2 * tol(N));
+    CHECK(rdiff(gdb.host(), db) < 1e-5);
+  }
+}
+
+TEST_CASE("bf16 matmul is not the fp32 matmul", "[gpu][bf16]") {
+  const int N = 64, C = 96, OC = 32;
+  const auto x = gauss(size_t(N) * C, 5), w = gauss(size_t(OC) * C, 6);
+  Buf<float> gx(x), gw(w), gy(size_t(N) * OC), gy32(size_t(N) * OC);
+  cuda::matmul_forward_bf16(gy.p, gx.p, gw.p, nullptr, N, C, OC);
+  cuda::matmul_forward(gy32.p, gx.p, gw.p, nullptr, N, C, OC);
+  const double d = rdiff(gy.host(), gy32.host());
+  CHECK(d > 1e-5);
+  CHECK(d < 5e-2);
+}
