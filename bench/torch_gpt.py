@@ -41,6 +41,13 @@ def parse_args():
     p.add_argument("--foreach", choices=["auto", "on", "off"], default="on",
                    help="AdamW multi-tensor implementation (on: the faster one on this CPU)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: the GPU peer of bench/run_gpu.sh (needs a CUDA build of torch)")
+    p.add_argument("--bf16", action="store_true",
+                   help="torch.autocast to bf16 (fp32 master weights), as lossytp --bf16")
+    p.add_argument("--sdpa", choices=["auto", "on", "off"], default="auto",
+                   help="attention through F.scaled_dot_product_attention (torch >= 2; auto: on cuda "
+                        "when available) instead of the hand-written q k^T softmax v")
     a = p.parse_args()
     if a.iters <= a.warmup:
         p.error("--iters must be larger than --warmup")
@@ -60,6 +67,14 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(args.threads)
+HAVE_SDPA = hasattr(F, "scaled_dot_product_attention")
+if args.sdpa == "on" and not HAVE_SDPA:
+    sys.exit(f"--sdpa on: torch {torch.__version__} has no scaled_dot_product_attention")
+USE_SDPA = args.sdpa == "on" or (args.sdpa == "auto" and HAVE_SDPA and args.device == "cuda")
+if args.device == "cuda" and not torch.cuda.is_available():
+    sys.exit(f"--device cuda: torch {torch.__version__} sees no CUDA GPU (Debian's python3-torch is "
+             "CPU-only; on the GPU machine: pip install torch)")
+DEV = torch.device(args.device)
 try:
     torch.set_num_interop_threads(1)
 except RuntimeError:
@@ -81,6 +96,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.nh, self.hd).transpose(1, 2)
         k = k.view(B, T, self.nh, self.hd).transpose(1, 2)
         v = v.view(B, T, self.nh, self.hd).transpose(1, 2)
+        if USE_SDPA:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.hd))
         att = att.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))
         att = F.softmax(att, dim=-1)
@@ -129,7 +147,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets):
         B, T = idx.shape
-        pos = torch.arange(T, dtype=torch.long)
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
             x = block(x)
@@ -140,7 +158,7 @@ class GPT(nn.Module):
 def main():
     torch.manual_seed(args.seed)
     V, T, B = args.vocab_size, args.seq_length, args.micro_batch_size
-    model = GPT(V, T, args.num_layers, args.hidden_size, args.num_attention_heads)
+    model = GPT(V, T, args.num_layers, args.hidden_size, args.num_attention_heads).to(DEV)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
@@ -155,13 +173,18 @@ def main():
     times, losses = [], []
     for it in range(args.iters):
         data = torch.randint(0, V, (B, T + 1), generator=gen)
-        x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+        x, y = data[:, :-1].contiguous().to(DEV), data[:, 1:].contiguous().to(DEV)
+        if DEV.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        with torch.autocast(device_type=DEV.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if DEV.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
 
@@ -175,6 +198,10 @@ def main():
         "impl": "pytorch",
         "torch_version": torch.__version__,
         "threads": args.threads,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if DEV.type == "cuda" else None,
+        "bf16": args.bf16,
+        "attention": "sdpa" if USE_SDPA else "q k^T softmax v",
         "torch_num_threads": torch.get_num_threads(),
         "adamw_foreach": args.foreach,
         "num_parameters": n_params,

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -91,6 +92,20 @@ SiteCounters log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>&
 
 }  // namespace
 
+// This process's index among the processes of its node. The launcher's own count over the whole
+// job when it gives one (so the runs of a grid side by side spread over the node's GPUs), else
+// over the run's ranks (a collective over run_comm only: a grid's runs start at different times).
+static int node_local_rank(MPI_Comm run_comm) {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* v = std::getenv(var); v && *v) return std::atoi(v);
+  MPI_Comm node;
+  MPI_Comm_split_type(run_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local = 0;
+  MPI_Comm_rank(node, &local);
+  MPI_Comm_free(&node);
+  return local;
+}
+
 TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm run_comm) {
   RunRanks r;
   MPI_Comm_size(run_comm, &r.size);
@@ -98,13 +113,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
   r.run = std::make_unique<MpiBackend>(run_comm);
   if (cfg.compute().device == Device::CUDA) {
 #ifdef LOSSYTP_HAVE_CUDA
-    // One GPU per rank: the processes of a node take its GPUs in turn (counted over the whole
-    // job, so runs of a grid side by side spread over the GPUs); NCCL moves the data.
-    MPI_Comm node;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    int local = 0;
-    MPI_Comm_rank(node, &local);
-    MPI_Comm_free(&node);
+    // One GPU per rank: the processes of a node take its GPUs in turn; NCCL moves the data.
+    const int local = node_local_rank(run_comm);
     const int gpus = cuda::device_count();
     if (gpus < 1) throw std::runtime_error("--device cuda: no CUDA GPU is visible to rank " + std::to_string(r.rank));
     cuda::set_device(local % gpus);
@@ -140,12 +150,16 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   auto groups = ranks.make_groups(layout);
   Comm& tp = *groups->tp;
   Comm& dp = *groups->dp;
+  if (tp.device() != cfg.compute().device || dp.device() != cfg.compute().device)
+    throw std::logic_error("the run's communicators work on another device than --device");
   // Control traffic of the run (loss, divergence, checkpoints): never lossy, never counted.
   Backend& run = *ranks.run;
   for (Backend* b : {&tp.backend(), &dp.backend(), &run}) b->set_timeout(cfg.comm_timeout);
   auto net = std::make_shared<const net::NetSpec>(net::parse_net_spec(cfg.net));
   tp.set_network(net, cfg.seed);
   dp.set_network(net, cfg.seed);
+  tp.set_wire_bf16(cfg.bf16);
+  dp.set_wire_bf16(cfg.bf16);
   TPOptions tp_opt;
   tp_opt.caat = net->caat;
   tp_opt.caat_p = net->caat_p;

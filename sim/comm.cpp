@@ -5,6 +5,7 @@
 
 #include "kernels/ops.h"
 #include "sim/ring_collectives.h"
+#include "sim/wire_precision.h"
 
 namespace lossytp {
 
@@ -54,7 +55,13 @@ void Comm::set_device(Device d) {
 
 HopContext Comm::hop_context(const std::string& site, net::CollKind kind, SiteCounters& c, bool lossy) {
   return HopContext{*backend_, lossy ? net_.get() : nullptr, message(site, kind), seed_, &stale_, c,
-                    device_, &scratch_};
+                    device_, &scratch_, call_bf16_};
+}
+
+size_t Comm::elem_bytes() const { return wire_elem_bytes(call_bf16_); }
+
+void Comm::to_wire(float* buf, size_t n) const {
+  if (call_bf16_) round_to_bf16(device_, buf, n);
 }
 
 void Comm::set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_seed) {
@@ -73,16 +80,20 @@ net::Message Comm::message(const std::string& site, net::CollKind kind) const {
   m.site = site;
   m.group = group_;
   m.kind = kind;
+  m.elem_bytes = elem_bytes();
   m.iteration = iteration_;
   m.call = call_;
   return m;
 }
 
-void Comm::count_native(SiteCounters& c, int64_t hops, size_t bytes_per_hop, bool packets) const {
+void Comm::count_native(SiteCounters& c, int64_t hops, size_t bytes_per_hop, bool packets,
+                        size_t elem) const {
+  if (elem == 0) elem = elem_bytes();
   const net::LinkParams& link = net_ ? net_->link : kDefaultLink;
   c.messages += hops;
   c.bytes += hops * static_cast<int64_t>(bytes_per_hop);
-  if (packets) c.packets += hops * static_cast<int64_t>((net_ ? *net_ : kDefaultSpec).packet_count(bytes_per_hop));
+  if (packets)
+    c.packets += hops * static_cast<int64_t>((net_ ? *net_ : kDefaultSpec).packet_count(bytes_per_hop, elem));
   c.sim_seconds += hops * (link.latency_s + bytes_per_hop / link.bandwidth_Bps);
 }
 
@@ -110,7 +121,7 @@ void Comm::mask_contribution(float* buf, size_t n, const std::string& site, net:
   net::Message m = message(site, kind);
   m.src = rank();
   m.dst = -1;
-  m.bytes = n * sizeof(float);
+  m.bytes = n * elem_bytes();
   net::DeliveryPlan plan = net_->plan(m, seed_);
   c.packets += static_cast<int64_t>(plan.packets);
   c.packets_exposed += static_cast<int64_t>(plan.packets);
@@ -129,7 +140,7 @@ void Comm::mask_contribution(float* buf, size_t n, const std::string& site, net:
   ops::copy(device_, copy, buf, n);
   ops::fill(device_, buf, 0.0f, n);
   c.elements_filled += static_cast<int64_t>(apply_delivery_on(
-      device_, buf, copy, n, plan, fill, false, ReduceOp::Sum, 1.0f, stale, scratch_.mask));
+      device_, buf, copy, n, plan, fill, false, ReduceOp::Sum, 1.0f, stale, scratch_.mask, elem_bytes()));
 }
 
 // Names the site and group in a timeout raised anywhere below a collective.
@@ -143,15 +154,22 @@ void Comm::guarded(const std::string& site, F&& body) {
   }
 }
 
+// The cross-entropy statistics (row max, target logit, sum of exponentials) stay fp32 on the
+// wire under bf16, as in Megatron: a bf16 max or sum would bias every token's loss.
+void Comm::enter(const std::string& site) { call_bf16_ = wire_bf16_ && site.rfind("ce.", 0) != 0; }
+
 void Comm::all_reduce(float* buf, size_t n, const std::string& site, ReduceOp op) {
+  enter(site);
   guarded(site, [&] { all_reduce_impl(buf, n, site, op); });
 }
 
 void Comm::all_gather(const float* in, float* out, size_t m, const std::string& site) {
+  enter(site);
   guarded(site, [&] { all_gather_impl(in, out, m, site); });
 }
 
 void Comm::reduce_scatter(const float* in, float* out, size_t m, const std::string& site) {
+  enter(site);
   guarded(site, [&] { reduce_scatter_impl(in, out, m, site); });
 }
 
@@ -161,20 +179,26 @@ void Comm::all_reduce_impl(float* buf, size_t n, const std::string& site, Reduce
   if (p == 1) return;
   SiteCounters& c = stats_->site(site);
   c.calls += 1;
-  const size_t block_bytes = (n + p - 1) / p * sizeof(float);
+  const size_t block_bytes = (n + p - 1) / p * elem_bytes();
   switch (path_for(site)) {
     case Path::Native:
       count_native(c, 2 * (p - 1), block_bytes);
+      to_wire(buf, n);
       backend_->all_reduce(buf, n, op);
+      to_wire(buf, n);
       break;
     case Path::Reliable:
       count_reliable(c, site, net::CollKind::AllReduce, 2 * (p - 1), block_bytes);
+      to_wire(buf, n);
       backend_->all_reduce(buf, n, op);
+      to_wire(buf, n);
       break;
     case Path::Endpoint:
       count_native(c, 2 * (p - 1), block_bytes, false);
+      to_wire(buf, n);
       mask_contribution(buf, n, site, net::CollKind::AllReduce, c);
       backend_->all_reduce(buf, n, op);
+      to_wire(buf, n);
       break;
     case Path::Ring: {
       HopContext ctx = hop_context(site, net::CollKind::AllReduce, c, true);
@@ -185,6 +209,7 @@ void Comm::all_reduce_impl(float* buf, size_t n, const std::string& site, Reduce
 }
 
 void Comm::all_reduce_as_ring(float* buf, size_t n, const std::string& site, ReduceOp op) {
+  enter(site);
   ++call_;
   if (size() == 1) return;
   SiteCounters& c = stats_->site(site);
@@ -212,24 +237,35 @@ void Comm::block_collective(net::CollKind kind, const float* in, float* out, siz
   if (p == 1) { ops::copy(device_, out, in, m); return; }
   SiteCounters& c = stats_->site(site);
   c.calls += 1;
+  const size_t n = gather ? m : m * p;  // this rank's contribution
   auto native = [&](const float* contribution) {
     if (gather) backend_->all_gather(contribution, out, m);
     else backend_->reduce_scatter(contribution, out, m);
+    if (!gather) to_wire(out, m);  // a gathered result is bf16 already
   };
+  // The contribution as it goes on the wire (in is const): a rounded copy under wire_bf16.
+  auto on_wire = [&]() -> const float* {
+    if (!call_bf16_) return in;
+    float* mine = scratch_.masked.floats(std::max<size_t>(n, 1));
+    ops::copy(device_, mine, in, n);
+    to_wire(mine, n);
+    return mine;
+  };
+  const size_t hop_bytes = m * elem_bytes();
   switch (path_for(site)) {
     case Path::Native:
-      count_native(c, p - 1, m * sizeof(float));
-      native(in);
+      count_native(c, p - 1, hop_bytes);
+      native(on_wire());
       break;
     case Path::Reliable:
-      count_reliable(c, site, kind, p - 1, m * sizeof(float));
-      native(in);
+      count_reliable(c, site, kind, p - 1, hop_bytes);
+      native(on_wire());
       break;
     case Path::Endpoint: {
-      count_native(c, p - 1, m * sizeof(float), false);
-      const size_t n = gather ? m : m * p;
+      count_native(c, p - 1, hop_bytes, false);
       float* mine = scratch_.masked.floats(std::max<size_t>(n, 1));
       ops::copy(device_, mine, in, n);
+      to_wire(mine, n);
       mask_contribution(mine, n, site, kind, c);
       native(mine);
       break;
@@ -250,7 +286,7 @@ void Comm::broadcast(float* buf, size_t n, int root, const std::string& site) {
   // Broadcasts carry no model traffic (they distribute configuration); never lossy.
   SiteCounters& c = stats_->site(site);
   c.calls += 1;
-  if (rank() == root) count_native(c, p - 1, n * sizeof(float));
+  if (rank() == root) count_native(c, p - 1, n * sizeof(float), true, sizeof(float));  // fp32 always
   guarded(site, [&] { backend_->broadcast(buf, n * sizeof(float), root); });
 }
 

@@ -81,6 +81,15 @@ class Comm {
   void set_device(Device d);
   Device device() const { return device_; }
 
+  // Wire precision (--bf16): payloads of all-reduce, all-gather and reduce-scatter travel as
+  // bf16 (sim/wire_precision.h). Ring hops round each sent chunk and each hop's partial sum; the
+  // native and endpoint paths round this rank's contribution before and a reduction's result
+  // after the backend's collective. Messages, bytes and packets count 2 bytes per element.
+  // Broadcasts (configuration) and the cross-entropy statistics (sites "ce.*") stay fp32.
+  // Off by default.
+  void set_wire_bf16(bool on) { wire_bf16_ = on; }
+  bool wire_bf16() const { return wire_bf16_; }
+
   // The network model for every later call (nullptr: exact). run_seed keys its randomness
   // unless the spec has its own seed=.
   void set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_seed);
@@ -111,8 +120,10 @@ class Comm {
   Path path_for(const std::string& site) const;
   net::Message message(const std::string& site, net::CollKind kind) const;
   // Counts an exact (native) collective: messages, bytes, link time (and packets unless the
-  // caller counts them from a mask) of `hops` messages of `bytes_per_hop` each.
-  void count_native(SiteCounters& c, int64_t hops, size_t bytes_per_hop, bool packets = true) const;
+  // caller counts them from a mask) of `hops` messages of `bytes_per_hop` each, elements of
+  // `elem` bytes (0: the wire's, elem_bytes()).
+  void count_native(SiteCounters& c, int64_t hops, size_t bytes_per_hop, bool packets = true,
+                    size_t elem = 0) const;
   // Masks this rank's own contribution once (endpoint mode) and counts it.
   void mask_contribution(float* buf, size_t n, const std::string& site, net::CollKind kind,
                          SiteCounters& c);
@@ -120,7 +131,10 @@ class Comm {
   void count_reliable(SiteCounters& c, const std::string& site, net::CollKind kind, int hops,
                       size_t bytes_per_hop);
 
+  void enter(const std::string& site);  // sets call_bf16_ for the call at `site`
   HopContext hop_context(const std::string& site, net::CollKind kind, SiteCounters& c, bool lossy);
+  size_t elem_bytes() const;                 // on the wire: 2 under wire_bf16, else 4
+  void to_wire(float* buf, size_t n) const;  // rounds to bf16 under wire_bf16
 
   std::unique_ptr<Backend> backend_;
   std::string group_;
@@ -128,6 +142,8 @@ class Comm {
   std::shared_ptr<const net::NetSpec> net_;
   uint64_t seed_ = 0;
   Device device_ = Device::CPU;
+  bool wire_bf16_ = false;
+  bool call_bf16_ = false;  // the current call travels as bf16
   StaleStore stale_;
   CommScratch scratch_;
   int64_t iteration_ = 0;

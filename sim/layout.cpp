@@ -1,6 +1,5 @@
 #include "sim/layout.h"
 
-#include <cstdlib>
 #include <stdexcept>
 
 #include "sim/local_backend.h"
@@ -71,29 +70,8 @@ std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout)
 }
 
 #ifdef LOSSYTP_HAVE_CUDA
-int select_local_gpu(MPI_Comm comm) {
-  const int gpus = cuda::device_count();
-  if (gpus < 1) throw std::runtime_error("the NCCL backend needs a GPU, and this node has none visible");
-  int local = -1;
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
-    if (const char* v = std::getenv(var)) {
-      local = std::atoi(v);
-      break;
-    }
-  }
-  if (local < 0) {
-    MPI_Comm node;
-    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &local);
-    MPI_Comm_free(&node);
-  }
-  const int dev = local % gpus;
-  cuda::set_device(dev);
-  return dev;
-}
-
 std::unique_ptr<Groups> make_nccl_groups(MPI_Comm run_comm, const Layout& layout) {
-  select_local_gpu(run_comm);
+  if (cuda::device_count() < 1) throw std::runtime_error("the NCCL backend needs a GPU, and none is visible");
   auto g = split_groups(run_comm, layout);
   // Every rank creates its TP communicator, then its DP one: NCCL's init is collective over
   // each, and the same order everywhere cannot deadlock.

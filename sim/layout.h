@@ -43,14 +43,10 @@ struct Groups {
 std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout);
 
 #ifdef LOSSYTP_HAVE_CUDA
-// Picks this process's GPU: its node-local rank (from the launcher's environment:
-// OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID; else by splitting `comm` by
-// node, a collective over it) modulo the visible GPUs. Sets it as the current device and returns
-// it; throws std::runtime_error when there is no GPU.
-int select_local_gpu(MPI_Comm comm);
-// make_mpi_groups' TP/DP split with NCCL: one GPU per rank (select_local_gpu(run_comm)), Comms
-// over NcclBackend on the TP and DP sub-communicators, working on device buffers. Collective
-// over run_comm.
+// make_mpi_groups' TP/DP split with NCCL: Comms over NcclBackend on the TP and DP
+// sub-communicators, working on device buffers. One GPU per rank: each rank's current CUDA
+// device, chosen by the caller before this call (NCCL rejects two ranks of a communicator on one
+// GPU). Collective over run_comm.
 std::unique_ptr<Groups> make_nccl_groups(MPI_Comm run_comm, const Layout& layout);
 #endif
 

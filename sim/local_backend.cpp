@@ -10,6 +10,10 @@
 #include "kernels/ops.h"
 #include "sim/device_buffer.h"
 
+#ifdef LOSSYTP_HAVE_CUDA
+#include "kernels/cuda/ops.h"
+#endif
+
 namespace lossytp {
 
 struct LocalWorld::Group {
@@ -242,9 +246,12 @@ class LocalBackend final : public Backend {
 
 LocalWorld::LocalWorld(int size, Device dev) : size_(size), dev_(dev) {
   if (size < 1) throw std::invalid_argument("--virtual-ranks must be >= 1");
-#ifndef LOSSYTP_HAVE_CUDA
-  if (dev == Device::CUDA)
-    throw std::runtime_error("virtual ranks on the GPU need a build with CUDA (CMake found no nvcc/NCCL)");
+  if (dev != Device::CUDA) return;
+#ifdef LOSSYTP_HAVE_CUDA
+  if (!cuda::device_available()) throw std::runtime_error("virtual ranks on the GPU: no CUDA device is available");
+  gpu_ = cuda::current_device();
+#else
+  throw std::runtime_error("virtual ranks on the GPU need a build with CUDA (CMake found no nvcc/NCCL)");
 #endif
 }
 
@@ -252,6 +259,9 @@ std::unique_ptr<Backend> LocalWorld::group(const std::string& name, const std::v
                                            int world_rank) {
   auto it = std::find(members.begin(), members.end(), world_rank);
   if (it == members.end()) throw std::logic_error("rank is not a member of its group");
+#ifdef LOSSYTP_HAVE_CUDA
+  if (dev_ == Device::CUDA) cuda::set_device(gpu_);
+#endif
   std::shared_ptr<Group> g;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -30,13 +30,14 @@ namespace lossytp {
 
 class LocalWorld {
  public:
-  // dev = CUDA needs a build with CUDA (std::runtime_error otherwise); the threads use their
-  // current CUDA device, the same one for every rank.
+  // dev = CUDA needs a build with CUDA and a GPU (std::runtime_error otherwise); the world's
+  // GPU is the one current when it is created.
   explicit LocalWorld(int size, Device dev = Device::CPU);
   int size() const { return size_; }
   Device device() const { return dev_; }
   // The Backend of the group `name` ("tp", "dp", "run") made of `members` (world ranks, the
-  // same list on every member), for the member `world_rank`.
+  // same list on every member), for the member `world_rank`. In a CUDA world it also makes the
+  // world's GPU the calling thread's current device (threads start on device 0).
   std::unique_ptr<Backend> group(const std::string& name, const std::vector<int>& members,
                                  int world_rank);
 
@@ -45,6 +46,7 @@ class LocalWorld {
  private:
   int size_;
   Device dev_;
+  int gpu_ = 0;  // CUDA world: its device
   std::mutex mu_;
   std::map<std::pair<std::string, std::vector<int>>, std::shared_ptr<Group>> groups_;
 };

@@ -1,12 +1,14 @@
 #include "sim/ring_collectives.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
 
 #include "kernels/ops.h"
 #include "sim/comm.h"
+#include "sim/wire_precision.h"
 
 #ifdef LOSSYTP_HAVE_CUDA
 #include "kernels/cuda/ops.h"
@@ -30,8 +32,11 @@ inline size_t elems_per_packet(const net::DeliveryPlan& plan, size_t elem_bytes)
 struct Hop {
   HopContext& ctx;
 
-  void run(int hop, const float* send, size_t send_len, float* own, size_t recv_len, bool reduce,
+  // send is rounded in place under wire_bf16 (it is this rank's copy of what it puts on the wire).
+  void run(int hop, float* send, size_t send_len, float* own, size_t recv_len, bool reduce,
            ReduceOp op, int phase) {
+    const size_t eb = wire_elem_bytes(ctx.wire_bf16);
+    if (ctx.wire_bf16) round_to_bf16(ctx.device, send, send_len);
     Backend& b = ctx.backend;
     const int p = b.size(), r = b.rank();
     const int next = (r + 1) % p, prev = (r + p - 1) % p;
@@ -40,7 +45,7 @@ struct Hop {
                1000 + hop);
     SiteCounters& c = ctx.counters;
     c.messages += 1;
-    c.bytes += static_cast<int64_t>(send_len * sizeof(float));
+    c.bytes += static_cast<int64_t>(send_len * eb);
     net::Fill fill = net::Fill::Zero;
     float rescale = 1.0f;
     net::DeliveryPlan plan;
@@ -49,14 +54,15 @@ struct Hop {
       m.src = prev;
       m.dst = r;
       m.hop = hop;
-      m.bytes = recv_len * sizeof(float);
+      m.bytes = recv_len * eb;
+      m.elem_bytes = eb;
       plan = ctx.spec->plan(m, ctx.seed);
       fill = ctx.spec->fill;
       if (fill == net::Fill::Rescale) rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - ctx.spec->stationary_loss_rate()));
     } else {
       static const net::NetSpec exact{};
-      plan.packet_bytes = exact.packet_payload_bytes();
-      plan.packets = exact.packet_count(recv_len * sizeof(float));
+      plan.packet_bytes = exact.packet_payload_bytes(eb);
+      plan.packets = exact.packet_count(recv_len * eb, eb);
     }
     c.packets += static_cast<int64_t>(plan.packets);
     if (ctx.spec) c.packets_exposed += static_cast<int64_t>(plan.packets);
@@ -66,7 +72,9 @@ struct Hop {
     const size_t begin = static_cast<size_t>(own - base);
     float* stale = fill == net::Fill::Stale ? ctx.stale->get(ctx.message.site, phase, total) + begin : nullptr;
     c.elements_filled += static_cast<int64_t>(apply_delivery_on(
-        ctx.device, own, recv, recv_len, plan, fill, reduce, op, rescale, stale, ctx.scratch->mask));
+        ctx.device, own, recv, recv_len, plan, fill, reduce, op, rescale, stale, ctx.scratch->mask, eb));
+    // the partial sum is what this rank sends on: bf16 too
+    if (ctx.wire_bf16 && reduce) round_to_bf16(ctx.device, own, recv_len);
   }
   // the full buffer, for positions in the stale store
   const float* base = nullptr;
@@ -87,7 +95,8 @@ size_t apply_delivery(float* own, const float* recv, size_t len, const net::Deli
   auto deliver = [&](size_t a, size_t b) {
     if (reduce) {
       if (sum && scale == 1.0f) for (size_t i = a; i < b; ++i) own[i] += recv[i];
-      else if (sum) for (size_t i = a; i < b; ++i) own[i] += scale * recv[i];
+      // an explicit fused multiply-add: the CUDA twin does the same, bit for bit
+      else if (sum) for (size_t i = a; i < b; ++i) own[i] = std::fma(scale, recv[i], own[i]);
       else for (size_t i = a; i < b; ++i) own[i] = combine(own[i], recv[i], op);
     } else {
       std::memcpy(own + a, recv + a, (b - a) * sizeof(float));

@@ -41,6 +41,9 @@ struct HopContext {
   // plans are still drawn on the host, so masks and counters are the same as on the CPU).
   Device device = Device::CPU;
   CommScratch* scratch = nullptr;  // required
+  // Payloads travel as bf16 (sim/wire_precision.h): every sent chunk and every hop's partial
+  // sum is rounded to bf16, and messages are counted with 2 bytes per element.
+  bool wire_bf16 = false;
 };
 
 void ring_all_reduce(HopContext& ctx, float* buf, size_t n, ReduceOp op);

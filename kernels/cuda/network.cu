@@ -32,7 +32,8 @@ __global__ void apply_delivery_k(float* own, const float* recv, size_t len, cons
   const bool lost = mask && mask[i / epp];
   if (!lost) {
     const float r = recv[i];
-    if (reduce) own[i] = max_op ? fmaxf(own[i], r) : own[i] + (fill == 1 ? rescale * r : r);
+    // rescale as an explicit fma, as the CPU does (no compiler-dependent contraction)
+    if (reduce) own[i] = max_op ? fmaxf(own[i], r) : (fill == 1 ? fmaf(rescale, r, own[i]) : own[i] + r);
     else own[i] = r;
     if (stale) stale[i] = r;
     return;

@@ -121,3 +121,13 @@ void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float
 
 }  // namespace lossytp::cuda
 // ==== end of bf16 GEMMs ===========================================================================
+
+// ==== wire precision (kernels/cuda/bf16_round.cu) ================================================
+namespace lossytp::cuda {
+
+// x[i] = the nearest bf16 of x[i] (ties to even), as fp32: kernels/bf16.h's bf16_round, so the
+// CPU (sim/wire_precision.h) rounds to the same bits.
+void bf16_round_inplace(float* x, size_t n);
+
+}  // namespace lossytp::cuda
+// ==== end of wire precision ======================================================================

@@ -38,6 +38,11 @@ expect_error 2 "--global-batch-size 3 is not a multiple" train --dp 2 "${small[@
 expect_error 1 "--adam-beta2 must be in [0, 1)" train "${small[@]}" --adam-beta2 1.5
 expect_error 1 "unknown --model preset 'gpt-huge'" train --model gpt-huge
 expect_error 1 "--data-format must be auto, text, uint16 or llmc" train "${small[@]}" --data-format csv
+expect_error 2 "--device must be cpu or cuda, got 'tpu'" train --tp 2 "${small[@]}" --device tpu
+# --device cuda where no GPU can be used: refused before training, saying why
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+  expect_error 2 "--device cuda: " train --tp 2 "${small[@]}" --device cuda
+fi
 expect_error 2 "data file $W/missing.txt: does not exist" train "${small[@]}" --data "$W/missing.txt"
 printf 'abc' > odd.bin
 expect_error 2 "odd.bin" train "${small[@]}" --data odd.bin

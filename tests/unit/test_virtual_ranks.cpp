@@ -155,3 +155,13 @@ TEST_CASE("ring all-gather and reduce-scatter equal the native ones, and lose pa
     CHECK(zeros > 0);
   }
 }
+
+TEST_CASE("virtual ranks: --bf16 (emulated on the CPU) trains close to fp32", "[virtual][bf16]") {
+  const auto fp32 = run_virtual(tiny(2, 1, 4, 8), "fp32").train_loss;
+  TrainConfig c = tiny(2, 1, 4, 8);
+  c.bf16 = true;
+  const auto bf16 = run_virtual(c, "bf16").train_loss;
+  CHECK(bf16 != fp32);                          // the rounding acts
+  CHECK(worst_relative(bf16, fp32) <= 3e-2);    // and stays a rounding
+  CHECK(bf16.back() < bf16.front() - 0.3);
+}
