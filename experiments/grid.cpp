@@ -375,6 +375,9 @@ int run_grid(const GridOptions& opt) {
             auto j = nlohmann::json::parse(std::get<std::string>(f.attrs().at("config")));
             auto want = grid.runs[i].cfg.to_json();
             for (const char* k : {"out", "threads"}) { j.erase(k); want.erase(k); }
+            // runs from before --device/--bf16 existed ran on the CPU in fp32
+            if (!j.contains("device")) j["device"] = "cpu";
+            if (!j.contains("bf16")) j["bf16"] = false;
             same = j == want;
           } catch (const std::exception&) {
             same = false;

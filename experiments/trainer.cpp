@@ -214,6 +214,9 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     metrics->set_attr("version", std::string(LOSSYTP_VERSION));
     metrics->set_attr("num_parameters", static_cast<int64_t>(cfg.model.num_parameters()));
     metrics->set_attr("data_source", corpus.source);
+#ifdef LOSSYTP_HAVE_CUDA
+    if (cfg.compute().device == Device::CUDA) metrics->set_attr("gpu", cuda::device_name());
+#endif
     metrics->set_attr("net", net->describe());
     metrics->set_attr("net_stationary_loss_rate", net->stationary_loss_rate());
     if (corpus.entropy_floor) metrics->set_attr("data_entropy_floor", *corpus.entropy_floor);
@@ -226,6 +229,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     std::printf("data: %s (%zu train / %zu eval tokens, vocab %d)%s\n", corpus.source.c_str(),
                 corpus.train.size(), corpus.val.size(), cfg.model.vocab_size,
                 corpus.entropy_floor ? (", entropy floor " + std::to_string(*corpus.entropy_floor) + " nats").c_str() : "");
+    std::printf("compute: %s, %s\n", cfg.device.c_str(),
+                cfg.bf16 ? "bf16 GEMM operands and collectives, fp32 master weights" : "fp32");
     std::printf("network: %s\n", net->describe().c_str());
     if (!net->exact() && layout.tp * layout.dp == 1)
       std::printf("note: a single rank sends no messages: the network model has nothing to act on\n");
