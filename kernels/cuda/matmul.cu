@@ -19,24 +19,6 @@ cublasHandle_t cublas_handle() {
   return h;
 }
 
-namespace {
-
-__global__ void add_bias_rows(float* out, const float* bias, int N, int OC) {
-  const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
-  if (i < static_cast<size_t>(N) * OC) out[i] += bias[i % OC];
-}
-
-// dbias[o] += sum_n dout[n, o], one thread per column, rows in order (deterministic).
-__global__ void column_sums(float* dbias, const float* dout, int N, int OC) {
-  const int o = blockIdx.x * blockDim.x + threadIdx.x;
-  if (o >= OC) return;
-  float s = 0.0f;
-  for (int n = 0; n < N; ++n) s += dout[static_cast<size_t>(n) * OC + o];
-  dbias[o] += s;
-}
-
-}  // namespace
-
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
@@ -49,20 +31,14 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
                     int C, int OC) {
   sgemm(false, true, N, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
-  if (bias) {
-    add_bias_rows<<<blocks_for(static_cast<size_t>(N) * OC), kThreads>>>(out, bias, N, OC);
-    check_launch("add_bias_rows");
-  }
+  if (bias) bias_add(out, bias, N, OC);
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                      const float* inp, const float* weight, int N, int C, int OC) {
   if (dinp) sgemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
   sgemm(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
-  if (dbias) {
-    column_sums<<<blocks_for(OC), kThreads>>>(dbias, dout, N, OC);
-    check_launch("column_sums");
-  }
+  if (dbias) bias_grad(dbias, dout, N, OC);
 }
 
 }  // namespace lossytp::cuda

@@ -61,24 +61,6 @@ __global__ void scale_matrix_k(float* C, int M, int N, int ldc, float beta) {
   }
 }
 
-// dbias[o] += sum_n dout[n, o]. A block owns 32 columns (x: column, coalesced rows); its 16 warps
-// (y) sum rows y, y + 16, ... and the 16 partials are added in order: fixed order, deterministic.
-constexpr int kSumCols = 32, kSumRows = 16;
-__global__ void column_sums_k(float* dbias, const float* dout, int N, int OC) {
-  __shared__ float part[kSumRows][kSumCols];
-  const int o = blockIdx.x * kSumCols + threadIdx.x;
-  float s = 0.0f;
-  if (o < OC)
-    for (int n = threadIdx.y; n < N; n += kSumRows) s += dout[static_cast<size_t>(n) * OC + o];
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && o < OC) {
-    float t = 0.0f;
-    for (int r = 0; r < kSumRows; ++r) t += part[r][threadIdx.x];
-    dbias[o] += t;
-  }
-}
-
 // Row-major C[M, N] = alpha op(A) op(B) + beta C with bf16 A, B and fp32 C, fp32 accumulation
 // (column-major C^T = op(B)^T op(A)^T, as cuda::sgemm).
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
@@ -141,11 +123,7 @@ void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float
     gemm_bf16(true, false, OC, C, N, 1.0f, d, OC, a, C, 1.0f, dweight, C);
   }
   // dbias[OC] += column sums of the fp32 dout
-  if (dbias != nullptr) {
-    column_sums_k<<<static_cast<unsigned>((OC + kSumCols - 1) / kSumCols), dim3(kSumCols, kSumRows)>>>(
-        dbias, dout, N, OC);
-    check_launch("column_sums (bf16 linear)");
-  }
+  if (dbias != nullptr) bias_grad(dbias, dout, N, OC);
 }
 
 }  // namespace lossytp::cuda

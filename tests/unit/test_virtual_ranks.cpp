@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "common/run_virtual.h"
 #include "common/small_config.h"
 #include "experiments/dataset.h"
 #include "experiments/trainer.h"
@@ -14,6 +15,8 @@
 #include "sim/local_backend.h"
 
 using namespace lossytp;
+using testing::run_virtual;
+using testing::worst_relative;
 namespace fs = std::filesystem;
 
 namespace {
@@ -22,36 +25,6 @@ TrainConfig tiny(int tp, int dp, int micro, int global) {
   TrainConfig c = testing::small_config(tp, dp, micro, global, 20);
   c.comm_timeout = 60;
   return c;
-}
-
-// Runs cfg on tp*dp virtual ranks; returns rank 0's trajectory.
-TrainResult run_virtual(TrainConfig cfg, const std::string& name) {
-  const int n = cfg.tp * cfg.dp;
-  cfg.out = (fs::temp_directory_path() / ("lossytp-virtual-" + name + "-" + std::to_string(::getpid()))).string();
-  TokenCorpus corpus = load_corpus(cfg.data);
-  LocalWorld world(n);
-  std::vector<TrainResult> results(n);
-  std::vector<std::string> errors(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        results[r] = train(cfg, corpus, world, r);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (const auto& e : errors) REQUIRE(e.empty());
-  fs::remove_all(cfg.out);
-  return results[0];
-}
-
-double worst_relative(const std::vector<double>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  double w = 0;
-  for (size_t i = 0; i < a.size(); ++i) w = std::max(w, std::abs(a[i] - b[i]) / std::abs(b[i]));
-  return w;
 }
 
 }  // namespace
