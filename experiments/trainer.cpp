@@ -95,7 +95,7 @@ SiteCounters log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>&
 // This process's index among the processes of its node. The launcher's own count over the whole
 // job when it gives one (so the runs of a grid side by side spread over the node's GPUs), else
 // over the run's ranks (a collective over run_comm only: a grid's runs start at different times).
-static int node_local_rank(MPI_Comm run_comm) {
+[[maybe_unused]] static int node_local_rank(MPI_Comm run_comm) {  // used with NCCL only
   for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
     if (const char* v = std::getenv(var); v && *v) return std::atoi(v);
   MPI_Comm node;
@@ -112,13 +112,16 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
   MPI_Comm_rank(run_comm, &r.rank);
   r.run = std::make_unique<MpiBackend>(run_comm);
   if (cfg.compute().device == Device::CUDA) {
-#ifdef LOSSYTP_HAVE_CUDA
+#if defined(LOSSYTP_HAVE_CUDA) && defined(LOSSYTP_HAVE_NCCL)
     // One GPU per rank: the processes of a node take its GPUs in turn; NCCL moves the data.
     const int local = node_local_rank(run_comm);
     const int gpus = cuda::device_count();
     if (gpus < 1) throw std::runtime_error("--device cuda: no CUDA GPU is visible to rank " + std::to_string(r.rank));
     cuda::set_device(local % gpus);
     r.make_groups = [run_comm](const Layout& l) { return make_nccl_groups(run_comm, l); };
+#elif defined(LOSSYTP_HAVE_CUDA)
+    throw std::runtime_error("--device cuda over MPI ranks needs NCCL, and this build has CUDA without it "
+                             "(virtual ranks, --virtual-ranks N, work without NCCL)");
 #else
     throw std::runtime_error("--device cuda: this build has no GPU path");
 #endif

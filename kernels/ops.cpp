@@ -11,11 +11,13 @@
 
 namespace lossytp::ops {
 
+#ifndef LOSSYTP_HAVE_CUDA
 namespace {
 [[noreturn]] void no_cuda() {
   throw std::runtime_error("a CUDA kernel was called in a build without CUDA (CMake found no nvcc/NCCL)");
 }
 }  // namespace
+#endif
 
 // Runs `call` from cuda:: or cpu:: (both twins take the same arguments).
 #ifdef LOSSYTP_HAVE_CUDA
@@ -66,6 +68,14 @@ void attention_forward(Device d, float* out, float* lse, const float* qkv, int B
 void attention_backward(Device d, float* dqkv, const float* dout, const float* qkv,
                         const float* out, const float* lse, int B, int T, int NH, int HD) {
   LOSSYTP_ON(d, attention_backward(dqkv, dout, qkv, out, lse, B, T, NH, HD));
+}
+void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B, int T,
+                            int NH, int HD) {
+  LOSSYTP_ON(d, attention_forward_bf16(out, lse, qkv, B, T, NH, HD));
+}
+void attention_backward_bf16(Device d, float* dqkv, const float* dout, const float* qkv,
+                             const float* out, const float* lse, int B, int T, int NH, int HD) {
+  LOSSYTP_ON(d, attention_backward_bf16(dqkv, dout, qkv, out, lse, B, T, NH, HD));
 }
 void embedding_forward(Device d, float* out, const int32_t* tok, const float* table, int N, int C,
                        int vocab_start, int V) {

@@ -37,6 +37,11 @@ void attention_forward(Device d, float* out, float* lse, const float* qkv, int B
                        int HD);
 void attention_backward(Device d, float* dqkv, const float* dout, const float* qkv,
                         const float* out, const float* lse, int B, int T, int NH, int HD);
+// bf16 GEMM operands (q, k, v, dout; on the GPU also P and dS), fp32 softmax and outputs (--bf16).
+void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B, int T,
+                            int NH, int HD);
+void attention_backward_bf16(Device d, float* dqkv, const float* dout, const float* qkv,
+                             const float* out, const float* lse, int B, int T, int NH, int HD);
 
 // ---- embeddings, vocab-parallel cross-entropy
 void embedding_forward(Device d, float* out, const int32_t* tok, const float* table, int N, int C,

@@ -9,6 +9,7 @@ namespace lossytp {
 TransformerBlock::TransformerBlock(ParamStore& store, const ModelConfig& cfg, int layer,
                                    int tp_size, TPOptions opt)
     : dev_(store.device()),
+      bf16_(store.compute().bf16),
       C_(cfg.hidden_size),
       NH_local_(cfg.num_attention_heads / tp_size),
       HD_(cfg.head_dim()),
@@ -48,7 +49,10 @@ void TransformerBlock::forward(float* out, const float* x, int B, int T, Comm& t
   // attention
   ln1_.forward(ln1_out_.data(), x, N);
   qkv_.forward(qkv_out_.data(), ln1_out_.data(), N);
-  ops::attention_forward(dev_, att_out_.data(), lse_.data(), qkv_out_.data(), B, T, NH_local_, HD_);
+  if (bf16_)
+    ops::attention_forward_bf16(dev_, att_out_.data(), lse_.data(), qkv_out_.data(), B, T, NH_local_, HD_);
+  else
+    ops::attention_forward(dev_, att_out_.data(), lse_.data(), qkv_out_.data(), B, T, NH_local_, HD_);
   proj_.forward(x2_.data(), att_out_.data(), N, tp);
   ops::add_inplace(dev_, x2_.data(), x, NC);
   // MLP (GELU output is written to scratch: it is recomputed in the backward)
@@ -71,8 +75,12 @@ void TransformerBlock::backward(float* dres, const float* x, int B, int T, Comm&
   ln2_.backward(dres, s.d_norm.data(), x2_.data(), N);  // dres is now d x2
   // attention
   proj_.backward(s.d_att.data(), dres, att_out_.data(), N, tp);
-  ops::attention_backward(dev_, s.d_qkv.data(), s.d_att.data(), qkv_out_.data(), att_out_.data(),
-                          lse_.data(), B, T, NH_local_, HD_);
+  if (bf16_)
+    ops::attention_backward_bf16(dev_, s.d_qkv.data(), s.d_att.data(), qkv_out_.data(),
+                                 att_out_.data(), lse_.data(), B, T, NH_local_, HD_);
+  else
+    ops::attention_backward(dev_, s.d_qkv.data(), s.d_att.data(), qkv_out_.data(), att_out_.data(),
+                            lse_.data(), B, T, NH_local_, HD_);
   qkv_.backward(s.d_norm.data(), s.d_qkv.data(), ln1_out_.data(), N, tp);
   ln1_.backward(dres, s.d_norm.data(), x, N);  // dres is now d x
 }

@@ -35,6 +35,7 @@ class TransformerBlock {
  private:
   void ensure(int N);
   Device dev_;
+  bool bf16_;  // --bf16: attention with bf16 GEMM operands (store.compute().bf16)
   int C_, NH_local_, HD_, F_local_;
   LayerNorm ln1_, ln2_;
   ColumnParallelLinear qkv_, fc1_;

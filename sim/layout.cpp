@@ -5,7 +5,7 @@
 #include "sim/local_backend.h"
 #include "sim/mpi_backend.h"
 
-#ifdef LOSSYTP_HAVE_CUDA
+#ifdef LOSSYTP_HAVE_NCCL
 #include "kernels/cuda/ops.h"
 #include "sim/nccl_backend.h"
 #endif
@@ -69,7 +69,7 @@ std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout)
   return g;
 }
 
-#ifdef LOSSYTP_HAVE_CUDA
+#ifdef LOSSYTP_HAVE_NCCL
 std::unique_ptr<Groups> make_nccl_groups(MPI_Comm run_comm, const Layout& layout) {
   if (cuda::device_count() < 1) throw std::runtime_error("the NCCL backend needs a GPU, and none is visible");
   auto g = split_groups(run_comm, layout);

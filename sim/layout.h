@@ -42,7 +42,7 @@ struct Groups {
 
 std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout);
 
-#ifdef LOSSYTP_HAVE_CUDA
+#ifdef LOSSYTP_HAVE_NCCL
 // make_mpi_groups' TP/DP split with NCCL: Comms over NcclBackend on the TP and DP
 // sub-communicators, working on device buffers. One GPU per rank: each rank's current CUDA
 // device, chosen by the caller before this call (NCCL rejects two ranks of a communicator on one

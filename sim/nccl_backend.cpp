@@ -1,4 +1,4 @@
-#ifdef LOSSYTP_HAVE_CUDA
+#ifdef LOSSYTP_HAVE_NCCL
 #include "sim/nccl_backend.h"
 
 #include <cuda_runtime.h>

@@ -6,9 +6,9 @@
 // messages use ncclSend/ncclRecv (sendrecv in one group, so a ring hop cannot deadlock); the
 // collectives are NCCL's native ones. Every call waits for its stream with the backend's timeout:
 // a hung peer aborts the NCCL communicator and throws CommTimeout. Built with the GPU path only
-// (LOSSYTP_HAVE_CUDA).
+// (LOSSYTP_HAVE_NCCL, defined with LOSSYTP_HAVE_CUDA when CMake finds NCCL).
 #pragma once
-#ifdef LOSSYTP_HAVE_CUDA
+#ifdef LOSSYTP_HAVE_NCCL
 #include <mpi.h>
 
 #include <memory>

@@ -130,3 +130,19 @@ void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float
 
 }  // namespace lossytp::cpu
 // ==== end of bf16 GEMMs ===========================================================================
+
+// ==== bf16 attention (kernels/cpu/attention_bf16.cpp) =============================================
+namespace lossytp::cpu {
+
+// attention_forward/attention_backward (same signatures, layouts, dqkv OVERWRITTEN) for --bf16 on
+// the CPU, the comparison path for the GPU's bf16 attention (kernels/cuda/attention.cu). An
+// emulation: qkv and dout are rounded to bf16 (kernels/bf16.h) and the fp32 fused attention runs
+// on the rounded copies (bit-identical to attention_forward/backward on pre-rounded inputs). The
+// probabilities P and dS, which the GPU also rounds before its GEMMs, live inside the fused
+// kernel's tiles and stay fp32 here, so the two agree within bf16 rounding, not bit for bit.
+void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD);
+void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* out,
+                             const float* lse, int B, int T, int NH, int HD);
+
+}  // namespace lossytp::cpu
+// ==== end of bf16 attention =======================================================================

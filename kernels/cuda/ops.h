@@ -119,6 +119,15 @@ void matmul_forward_bf16(float* out, const float* inp, const float* weight, cons
 void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, int N, int C, int OC);
 
+// attention_forward/attention_backward (same signatures and layouts) with bf16 GEMM operands on
+// the tensor cores (kernels/cuda/attention.cu): Q, K, V, dO and the probabilities P and dS are
+// rounded to bf16 (kernels/bf16.h) before their GEMMs; S, dP, O, dQ, dK, dV, the softmax, lse
+// and D = rowsum(dO * O) (with the rounded dO) are fp32. kernels/cpu/ops.h's
+// attention_forward_bf16/backward_bf16 is the CPU twin, within bf16 rounding (it rounds no P/dS).
+void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD);
+void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* out,
+                             const float* lse, int B, int T, int NH, int HD);
+
 }  // namespace lossytp::cuda
 // ==== end of bf16 GEMMs ===========================================================================
 

@@ -1,4 +1,4 @@
-// The cuBLAS attention (kernels/cuda/attention.cu) and the bf16 linear layer
+// The cuBLAS attention (kernels/cuda/attention.cu, fp32 and bf16) and the bf16 linear layer
 // (kernels/cuda/matmul_bf16.cu) against their CPU twins. Part of lossytp_gpu_tests (main() in
 // test_cuda_kernels.cpp: exit 77, reported as skipped, without a GPU).
 #include <catch2/catch.hpp>
@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/bf16.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/philox.h"
@@ -204,4 +205,138 @@ TEST_CASE("bf16 matmul is not the fp32 matmul", "[gpu][bf16]") {
   const double d = rdiff(gy.host(), gy32.host());
   CHECK(d > 1e-5);
   CHECK(d < 5e-2);
+}
+
+// ==== bf16 attention (attention_forward_bf16 / attention_backward_bf16) ==========================
+namespace {
+
+std::vector<float> bf16_rounded(const std::vector<float>& x) {
+  std::vector<float> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) r[i] = bf16_round(x[i]);
+  return r;
+}
+
+// max |a - b| / max |b|; infinity when a has a non-finite value
+double rel_to_max(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num = std::max(num, std::abs(double(a[i]) - b[i]));
+    den = std::max(den, std::abs(double(b[i])));
+  }
+  return den > 0 ? num / den : num;
+}
+
+AttnResult gpu_attention_bf16(const std::vector<float>& qkv, const std::vector<float>& dout, int B,
+                              int T, int NH, int HD) {
+  Buf<float> gqkv(qkv), gdout(dout), gout(std::vector<float>(dout.size(), NAN)),
+      glse(std::vector<float>(size_t(B) * NH * T, NAN)), gdqkv(std::vector<float>(qkv.size(), NAN));
+  cuda::attention_forward_bf16(gout.p, glse.p, gqkv.p, B, T, NH, HD);
+  cuda::attention_backward_bf16(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, HD);
+  return {gout.host(), glse.host(), gdqkv.host()};
+}
+
+AttnResult cpu_attention_bf16(const std::vector<float>& qkv, const std::vector<float>& dout, int B,
+                              int T, int NH, int HD) {
+  AttnResult r{std::vector<float>(dout.size()), std::vector<float>(size_t(B) * NH * T),
+               std::vector<float>(qkv.size())};
+  cpu::attention_forward_bf16(r.out.data(), r.lse.data(), qkv.data(), B, T, NH, HD);
+  cpu::attention_backward_bf16(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B,
+                               T, NH, HD);
+  return r;
+}
+
+// The GPU's bf16 attention rounds P and dS on top of q, k, v and dout: against attention on
+// pre-rounded inputs (which keeps P and dS fp32) out and dqkv differ by that rounding, ~2^-9 of
+// the magnitudes, checked at 2e-2 of the largest one. lse comes from S = scale Q K^T whose bf16
+// products are exact: only the tensor cores' additions differ (1e-4).
+constexpr double kBf16Tol = 2e-2;
+
+void check_attention_bf16(int B, int T, int NH, int HD, bool with_cpu = true) {
+  INFO("bf16 attention: B " << B << " T " << T << " NH " << NH << " HD " << HD);
+  const size_t nqkv = size_t(B) * T * NH * 3 * HD, no = size_t(B) * T * NH * HD;
+  const auto qkv = gauss(nqkv, 500 + T, 1.0f), dout = gauss(no, 600 + T);
+  const AttnResult g = gpu_attention_bf16(qkv, dout, B, T, NH, HD);
+  // the CUDA fp32 attention on pre-rounded inputs
+  const AttnResult f = gpu_attention(bf16_rounded(qkv), bf16_rounded(dout), B, T, NH, HD);
+  CHECK(rel_to_max(g.out, f.out) < kBf16Tol);
+  CHECK(rel_to_max(g.lse, f.lse) < 1e-4);
+  CHECK(rel_to_max(g.dqkv, f.dqkv) < kBf16Tol);
+  // the CPU emulation (rounds q, k, v, dout, not P and dS)
+  if (with_cpu) {
+    const AttnResult c = cpu_attention_bf16(qkv, dout, B, T, NH, HD);
+    CHECK(rel_to_max(g.out, c.out) < kBf16Tol);
+    CHECK(rel_to_max(g.lse, c.lse) < 1e-4);
+    CHECK(rel_to_max(g.dqkv, c.dqkv) < kBf16Tol);
+  }
+  // and it is not the fp32 attention on unrounded inputs
+  if (T > 1) {
+    const AttnResult u = gpu_attention(qkv, dout, B, T, NH, HD);
+    CHECK(rel_to_max(g.dqkv, u.dqkv) > 1e-6);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("bf16 attention matches the fp32 attention on rounded inputs and the CPU emulation", "[gpu][bf16][attention]") {
+  check_attention_bf16(1, 1, 1, 64);   // one token: P = 1, dq = dk = 0
+  check_attention_bf16(1, 2, 1, 64);
+  check_attention_bf16(2, 17, 3, 64);
+  check_attention_bf16(2, 37, 3, 16);
+  check_attention_bf16(1, 64, 2, 64);
+  check_attention_bf16(3, 129, 4, 64);  // HD = 64, B > 1, NH > 1
+  check_attention_bf16(2, 200, 1, 8);   // small HD, T no multiple of 32 or 64
+  check_attention_bf16(1, 33, 5, 24);
+  check_attention_bf16(1, 255, 2, 64);  // odd leading dimension of P and dS
+  check_attention_bf16(2, 256, 4, 64);  // gpt-tiny's head shape
+  check_attention_bf16(1, 40, 2, 3);    // tiny odd HD: unaligned k, v slices
+}
+
+TEST_CASE("bf16 attention: a problem larger than one scratch chunk", "[gpu][bf16][attention]") {
+  // 3 sequences of 4800 x 4800 scores: two chunks, as the fp32 test
+  check_attention_bf16(3, 4800, 1, 8);
+  // gpt2-124m's head shape, a few sequences (no CPU comparison: the fp32 GPU one suffices)
+  check_attention_bf16(4, 1024, 12, 64, /*with_cpu=*/false);
+}
+
+TEST_CASE("bf16 attention: scratch reuse, determinism and threads", "[gpu][bf16][attention]") {
+  check_attention_bf16(2, 300, 2, 32);
+  check_attention_bf16(1, 20, 2, 32);   // smaller after larger: the buffers are reused
+  check_attention_bf16(2, 301, 2, 32);  // a little larger again
+
+  // the fp32 attention right after the bf16 one still matches the CPU (shared fp32 scratch)
+  check_attention(2, 37, 3, 16);
+
+  const int B = 2, T = 70, NH = 2, HD = 16;
+  const auto qkv = gauss(size_t(B) * T * NH * 3 * HD, 17), dout = gauss(size_t(B) * T * NH * HD, 18);
+  const AttnResult a = gpu_attention_bf16(qkv, dout, B, T, NH, HD);
+  const AttnResult again = gpu_attention_bf16(qkv, dout, B, T, NH, HD);
+  CHECK(a.out == again.out);
+  CHECK(a.lse == again.lse);
+  CHECK(a.dqkv == again.dqkv);
+
+  // several host threads at once (virtual ranks share one GPU), each with its own shape
+  const std::vector<std::tuple<int, int, int, int>> shapes = {{2, 37, 3, 16}, {1, 129, 2, 64}, {3, 50, 1, 8}};
+  std::vector<AttnResult> want, got(shapes.size());
+  std::vector<std::vector<float>> in(shapes.size()), gin(shapes.size());
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    const auto [b, t, nh, hd] = shapes[s];
+    in[s] = gauss(size_t(b) * t * nh * 3 * hd, 700 + s);
+    gin[s] = gauss(size_t(b) * t * nh * hd, 800 + s);
+    want.push_back(gpu_attention_bf16(in[s], gin[s], b, t, nh, hd));
+  }
+  std::vector<std::thread> threads;
+  for (size_t s = 0; s < shapes.size(); ++s)
+    threads.emplace_back([&, s] {
+      const auto [b, t, nh, hd] = shapes[s];
+      for (int rep = 0; rep < 3; ++rep) got[s] = gpu_attention_bf16(in[s], gin[s], b, t, nh, hd);
+    });
+  for (auto& th : threads) th.join();
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    INFO("thread " << s);
+    CHECK(got[s].out == want[s].out);  // same GPU, same library: the same bits
+    CHECK(got[s].lse == want[s].lse);
+    CHECK(got[s].dqkv == want[s].dqkv);
+  }
 }

@@ -5,55 +5,21 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
-#include <thread>
-#include <unistd.h>
 
+#include "common/run_virtual.h"
 #include "common/small_config.h"
-#include "experiments/dataset.h"
-#include "experiments/trainer.h"
-#include "kernels/cuda/ops.h"
 #include "models/gpt.h"
 #include "sim/comm.h"
 #include "sim/local_backend.h"
 
 using namespace lossytp;
-namespace fs = std::filesystem;
+using testing::run_virtual;
+using testing::worst_relative;
 
 namespace {
 
-TrainResult run_virtual(TrainConfig cfg, const std::string& name) {
-  const int n = cfg.tp * cfg.dp;
-  cfg.comm_timeout = 120;
-  cfg.out = (fs::temp_directory_path() / ("lossytp-gpu-" + name + "-" + std::to_string(::getpid()))).string();
-  TokenCorpus corpus = load_corpus(cfg.data);
-  LocalWorld world(n, cfg.compute().device);
-  std::vector<TrainResult> results(n);
-  std::vector<std::string> errors(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        results[r] = train(cfg, corpus, world, r);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (const auto& e : errors) REQUIRE(e.empty());
-  fs::remove_all(cfg.out);
-  return results[0];
-}
-
-double worst_relative(const std::vector<double>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  REQUIRE(!a.empty());
-  double w = 0;
-  for (size_t i = 0; i < a.size(); ++i) w = std::max(w, std::abs(a[i] - b[i]) / std::abs(b[i]));
-  return w;
-}
-
 TrainConfig on(TrainConfig c, const char* device, bool bf16 = false) {
+  c.comm_timeout = 120;
   c.device = device;
   c.bf16 = bf16;
   return c;

@@ -1,0 +1,64 @@
+// Causal attention with bf16 GEMM operands (--bf16), on the CPU: q, k, v (and dout) are rounded
+// to bf16 (kernels/bf16.h, the GPU's rounding) into thread-local scratch, stored as fp32, and the
+// fp32 fused attention (attention.cpp) runs on the rounded copies.
+//
+// An emulation, not a twin bit for bit: the GPU (kernels/cuda/attention.cu) also rounds the
+// probabilities P and the score gradients dS to bf16 before their GEMMs (O = P V, dV = P^T dO,
+// dQ = dS K, dK = dS^T Q), but here they live inside the fused kernel's tiles and stay fp32.
+// The two agree within bf16 rounding of P and dS (relative ~2^-9 per element). D = rowsum(dO *
+// O) uses the rounded dO on both sides. Bit-identical to attention_forward/backward called on
+// pre-rounded inputs.
+#include <cstddef>
+#include <memory>
+
+#include "kernels/bf16.h"
+#include "kernels/cpu/ops.h"
+
+namespace lossytp::cpu {
+
+namespace {
+
+// Grown on demand, never shrunk; one set per host thread (virtual ranks).
+class HostScratch {
+ public:
+  float* get(size_t n) {
+    if (n > cap_) {
+      p_.reset(new float[n]);
+      cap_ = n;
+    }
+    return p_.get();
+  }
+
+ private:
+  std::unique_ptr<float[]> p_;
+  size_t cap_ = 0;
+};
+
+thread_local HostScratch qkv_r, dout_r;
+
+// The bf16-rounded copy of src[0:n] in `scratch`.
+const float* rounded(HostScratch& scratch, const float* src, size_t n) {
+  float* dst = scratch.get(n);
+  const long long nn = static_cast<long long>(n);
+#pragma omp parallel for simd schedule(static) if (nn > (1 << 16))
+  for (long long i = 0; i < nn; ++i) dst[i] = bf16_round(src[i]);
+  return dst;
+}
+
+}  // namespace
+
+void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD) {
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const size_t n = static_cast<size_t>(B) * T * NH * 3 * HD;
+  attention_forward(out, lse, rounded(qkv_r, qkv, n), B, T, NH, HD);
+}
+
+void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* out,
+                             const float* lse, int B, int T, int NH, int HD) {
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const size_t n = static_cast<size_t>(B) * T * NH * HD;
+  attention_backward(dqkv, rounded(dout_r, dout, n), rounded(qkv_r, qkv, 3 * n), out, lse, B, T,
+                     NH, HD);
+}
+
+}  // namespace lossytp::cpu
