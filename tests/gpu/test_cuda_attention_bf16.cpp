@@ -14,27 +14,13 @@
 #include "kernels/bf16.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
+#include "gpu/device_array.h"
 #include "kernels/philox.h"
 
 using namespace lossytp;
+using testing::Dev;
 
 namespace {
-
-template <typename T>
-struct Buf {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Buf(size_t count) : p(static_cast<T*>(cuda::alloc(count * sizeof(T)))), n(count) {}
-  explicit Buf(const std::vector<T>& h) : Buf(h.size()) { cuda::to_device(p, h.data(), n * sizeof(T)); }
-  ~Buf() { cuda::free(p); }
-  Buf(const Buf&) = delete;
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    cuda::synchronize();
-    cuda::to_host(h.data(), p, n * sizeof(T));
-    return h;
-  }
-};
 
 std::vector<float> gauss(size_t n, uint64_t stream, float scale = 1.0f) {
   std::vector<float> v(n);
@@ -69,7 +55,7 @@ AttnResult cpu_attention(const std::vector<float>& qkv, const std::vector<float>
 // dqkv starts as NaN: it must be overwritten everywhere.
 AttnResult gpu_attention(const std::vector<float>& qkv, const std::vector<float>& dout, int B, int T,
                          int NH, int HD) {
-  Buf<float> gqkv(qkv), gdout(dout), gout(dout.size()), glse(size_t(B) * NH * T),
+  Dev<float> gqkv(qkv), gdout(dout), gout(dout.size()), glse(size_t(B) * NH * T),
       gdqkv(std::vector<float>(qkv.size(), NAN));
   cuda::attention_forward(gout.p, glse.p, gqkv.p, B, T, NH, HD);
   cuda::attention_backward(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, HD);
@@ -172,7 +158,7 @@ TEST_CASE("bf16 matmul forward and backward match the CPU's bf16 matmul", "[gpu]
     cpu::matmul_forward_bf16(y_nb.data(), x.data(), w.data(), nullptr, N, C, OC);
     cpu::matmul_backward_bf16(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), N, C, OC);
 
-    Buf<float> gx(x), gw(w), gb(b), gdy(dy), gy(std::vector<float>(ny, NAN)), gy_nb(std::vector<float>(ny, NAN)),
+    Dev<float> gx(x), gw(w), gb(b), gdy(dy), gy(std::vector<float>(ny, NAN)), gy_nb(std::vector<float>(ny, NAN)),
         gdx(std::vector<float>(nx, NAN)), gdw(std::vector<float>(nw, 0.5f)), gdb(std::vector<float>(OC, 0.25f));
     cuda::matmul_forward_bf16(gy.p, gx.p, gw.p, gb.p, N, C, OC);
     cuda::matmul_forward_bf16(gy_nb.p, gx.p, gw.p, nullptr, N, C, OC);
@@ -199,7 +185,7 @@ TEST_CASE("bf16 matmul forward and backward match the CPU's bf16 matmul", "[gpu]
 TEST_CASE("bf16 matmul is not the fp32 matmul", "[gpu][bf16]") {
   const int N = 64, C = 96, OC = 32;
   const auto x = gauss(size_t(N) * C, 5), w = gauss(size_t(OC) * C, 6);
-  Buf<float> gx(x), gw(w), gy(size_t(N) * OC), gy32(size_t(N) * OC);
+  Dev<float> gx(x), gw(w), gy(size_t(N) * OC), gy32(size_t(N) * OC);
   cuda::matmul_forward_bf16(gy.p, gx.p, gw.p, nullptr, N, C, OC);
   cuda::matmul_forward(gy32.p, gx.p, gw.p, nullptr, N, C, OC);
   const double d = rdiff(gy.host(), gy32.host());
@@ -230,7 +216,7 @@ double rel_to_max(const std::vector<float>& a, const std::vector<float>& b) {
 
 AttnResult gpu_attention_bf16(const std::vector<float>& qkv, const std::vector<float>& dout, int B,
                               int T, int NH, int HD) {
-  Buf<float> gqkv(qkv), gdout(dout), gout(std::vector<float>(dout.size(), NAN)),
+  Dev<float> gqkv(qkv), gdout(dout), gout(std::vector<float>(dout.size(), NAN)),
       glse(std::vector<float>(size_t(B) * NH * T, NAN)), gdqkv(std::vector<float>(qkv.size(), NAN));
   cuda::attention_forward_bf16(gout.p, glse.p, gqkv.p, B, T, NH, HD);
   cuda::attention_backward_bf16(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, HD);

@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
+#include "gpu/device_array.h"
 #include "kernels/philox.h"
 #include "sim/nccl_backend.h"
 #include "sim/tensor.h"
@@ -18,24 +19,9 @@
 #include <mpi.h>
 
 using namespace lossytp;
+using testing::Dev;
 
 namespace {
-
-template <typename T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t count) : p(static_cast<T*>(cuda::alloc(count * sizeof(T)))), n(count) {}
-  explicit Dev(const std::vector<T>& h) : Dev(h.size()) { cuda::to_device(p, h.data(), n * sizeof(T)); }
-  ~Dev() { cuda::free(p); }
-  Dev(const Dev&) = delete;
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    cuda::synchronize();
-    cuda::to_host(h.data(), p, n * sizeof(T));
-    return h;
-  }
-};
 
 std::vector<float> randn(size_t n, uint64_t stream, float scale = 1.0f) {
   std::vector<float> v(n);
