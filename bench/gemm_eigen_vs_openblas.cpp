@@ -128,10 +128,10 @@ void bench_attention() {
   std::vector<float> dout = filled(nout, 4.0f), dqkv(nqkv);
   const double fwd_flops = 2.0 * 2.0 * B * NH * (T * T / 2.0) * HD, bwd_flops = 2.5 * fwd_flops;
   const double tf = best_time([&] {
-    cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, NH, HD);
+    cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, NH, NH, HD);
   }, 0.5, 5);
   const double tb = best_time([&] {
-    cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, NH, HD);
+    cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, NH, NH, HD);
   }, 0.5, 5);
   if (peak_gflops == 0.0) {  // measure the sgemm peak if the gemm section did not run
     std::vector<float> A = filled(2048 * 256, 1.0f), Bm = filled(768 * 256, 2.0f), C(2048 * 768);
@@ -200,22 +200,22 @@ void bench_step() {
     for (int l = 0; l < L; ++l) {
       Acts& a = A[l];
       Layer& p = P[l];
-      timed("layernorm", [&] { cpu::layernorm_forward(a.ln1.data(), a.ln1m.data(), a.ln1r.data(), a.res_in.data(), p.ln1w.data(), p.ln1b.data(), N, C); });
+      timed("layernorm", [&] { cpu::layernorm_forward(a.ln1.data(), a.ln1m.data(), a.ln1r.data(), a.res_in.data(), p.ln1w.data(), p.ln1b.data(), N, C, 1e-5f); });
       timed("matmul", [&] { cpu::matmul_forward(a.qkv.data(), a.ln1.data(), p.wqkv.data(), p.bqkv.data(), N, C, 3 * C); });
-      timed("attention", [&] { cpu::attention_forward(a.att.data(), a.lse.data(), a.qkv.data(), B, T, NH, HD); });
+      timed("attention", [&] { cpu::attention_forward(a.att.data(), a.lse.data(), a.qkv.data(), B, T, NH, NH, HD); });
       timed("matmul", [&] { cpu::matmul_forward(a.attproj.data(), a.att.data(), p.wproj.data(), p.bproj.data(), N, C, C); });
       timed("residual", [&] {
         std::memcpy(a.res_mid.data(), a.res_in.data(), sizeof(float) * N * C);
         cpu::add_inplace(a.res_mid.data(), a.attproj.data(), static_cast<size_t>(N) * C);
       });
-      timed("layernorm", [&] { cpu::layernorm_forward(a.ln2.data(), a.ln2m.data(), a.ln2r.data(), a.res_mid.data(), p.ln2w.data(), p.ln2b.data(), N, C); });
+      timed("layernorm", [&] { cpu::layernorm_forward(a.ln2.data(), a.ln2m.data(), a.ln2r.data(), a.res_mid.data(), p.ln2w.data(), p.ln2b.data(), N, C, 1e-5f); });
       timed("matmul", [&] { cpu::matmul_forward(a.fc.data(), a.ln2.data(), p.wfc.data(), p.bfc.data(), N, C, 4 * C); });
       timed("gelu", [&] { cpu::gelu_forward(a.gelu.data(), a.fc.data(), static_cast<size_t>(N) * 4 * C); });
       float* next = l + 1 < L ? A[l + 1].res_in.data() : res_out.data();
       timed("matmul", [&] { cpu::matmul_forward(next, a.gelu.data(), p.wfp.data(), p.bfp.data(), N, 4 * C, C); });
       timed("residual", [&] { cpu::add_inplace(next, a.res_mid.data(), static_cast<size_t>(N) * C); });
     }
-    timed("layernorm", [&] { cpu::layernorm_forward(lnf.data(), lnfm.data(), lnfr.data(), res_out.data(), lnfw.data(), lnfb.data(), N, C); });
+    timed("layernorm", [&] { cpu::layernorm_forward(lnf.data(), lnfm.data(), lnfr.data(), res_out.data(), lnfw.data(), lnfb.data(), N, C, 1e-5f); });
     timed("matmul", [&] { cpu::matmul_forward(logits.data(), lnf.data(), wte.data(), nullptr, N, C, V); });
     timed("cross-entropy", [&] {
       cpu::ce_local_max(rmax.data(), logits.data(), N, V);
@@ -239,7 +239,7 @@ void bench_step() {
       timed("matmul", [&] { cpu::matmul_backward(dln.data(), g.wfc.data(), g.bfc.data(), dbig.data(), a.ln2.data(), p.wfc.data(), N, C, 4 * C); });
       timed("layernorm", [&] { cpu::layernorm_backward(dres.data(), g.ln2w.data(), g.ln2b.data(), dln.data(), a.res_mid.data(), p.ln2w.data(), a.ln2m.data(), a.ln2r.data(), N, C); });
       timed("matmul", [&] { cpu::matmul_backward(dtmp.data(), g.wproj.data(), g.bproj.data(), dres.data(), a.att.data(), p.wproj.data(), N, C, C); });
-      timed("attention", [&] { cpu::attention_backward(dqkv.data(), dtmp.data(), a.qkv.data(), a.att.data(), a.lse.data(), B, T, NH, HD); });
+      timed("attention", [&] { cpu::attention_backward(dqkv.data(), dtmp.data(), a.qkv.data(), a.att.data(), a.lse.data(), B, T, NH, NH, HD); });
       timed("matmul", [&] { cpu::matmul_backward(dln.data(), g.wqkv.data(), g.bqkv.data(), dqkv.data(), a.ln1.data(), p.wqkv.data(), N, C, 3 * C); });
       timed("layernorm", [&] { cpu::layernorm_backward(dres.data(), g.ln1w.data(), g.ln1b.data(), dln.data(), a.res_in.data(), p.ln1w.data(), a.ln1m.data(), a.ln1r.data(), N, C); });
     }

@@ -18,6 +18,8 @@
 #include "experiments/checkpoint.h"
 #include "experiments/collective_errors.h"
 #include "experiments/dataset.h"
+#include "experiments/dry_run.h"
+#include "kernels/ops.h"
 #include "experiments/grid.h"
 #include "experiments/train_config.h"
 #include "experiments/trainer.h"
@@ -35,13 +37,19 @@ namespace {
 int world_rank() { int r = 0; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
 int world_size() { int s = 1; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
 
-// Cores divided among the ranks that share this node, at least one each.
-int default_threads() {
+// Ranks of this job on this node.
+int ranks_on_node() {
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
   int local = 1;
   MPI_Comm_size(node, &local);
   MPI_Comm_free(&node);
+  return local;
+}
+
+// Cores divided among the ranks that share this node, at least one each.
+int default_threads() {
+  const int local = ranks_on_node();
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   return std::max(1, cores / std::max(1, local));
 }
@@ -64,10 +72,20 @@ std::string check_resumable(const TrainConfig& cfg) {
   try {
     const auto saved = nlohmann::json::parse(checkpoint_config(cfg.load));
     const auto now = cfg.to_json();
+    // Keys an older checkpoint lacks had the GPT-2 defaults.
+    const nlohmann::json gpt2 = {{"group-query-attention", false}, {"normalization", "LayerNorm"},
+                                 {"position-embedding-type", "learned_absolute"}, {"attention", "softmax"},
+                                 {"swiglu", false}, {"disable-bias-linear", false},
+                                 {"untie-embeddings-and-output-weights", false}};
     for (const char* k : {"tensor-model-parallel-size", "data-parallel-size", "vocab-size", "seq-length",
-                          "num-layers", "hidden-size", "num-attention-heads", "ffn-hidden-size"})
-      if (saved.value(k, nlohmann::json()) != now[k])
-        return "--load " + cfg.load + ": the checkpoint has " + k + " = " + saved.value(k, nlohmann::json()).dump() +
+                          "num-layers", "hidden-size", "num-attention-heads", "ffn-hidden-size",
+                          "group-query-attention", "num-query-groups", "normalization",
+                          "position-embedding-type", "rotary-percent", "attention", "swiglu",
+                          "disable-bias-linear", "untie-embeddings-and-output-weights",
+                          "padded-vocab-size"})
+      if (saved.contains(k) || gpt2.contains(k))
+        if (saved.value(k, gpt2.value(k, nlohmann::json())) != now[k])
+        return "--load " + cfg.load + ": the checkpoint has " + k + " = " + saved.value(k, gpt2.value(k, nlohmann::json())).dump() +
                ", this run " + now[k].dump();
   } catch (const std::exception& e) {
     return "--load " + cfg.load + ": cannot read the checkpoint's config.json (" + e.what() + ")";
@@ -101,6 +119,7 @@ int train_virtual(const TrainConfig& cfg, const TokenCorpus& corpus) {
 }
 
 int cmd_train(TrainOptions& opts) {
+  const int node_ranks = ranks_on_node();  // collective: every rank, before anything can fail
   TrainConfig cfg;
   TokenCorpus corpus;
   std::string error;
@@ -108,8 +127,17 @@ int cmd_train(TrainOptions& opts) {
     if (opts.cfg.virtual_ranks > 0 && world_size() > 1)
       throw std::invalid_argument("--virtual-ranks runs all ranks in one process: launch it without mpirun (or with -np 1)");
     cfg = finish_train_config(opts, opts.cfg.virtual_ranks > 0 ? opts.cfg.virtual_ranks : world_size());
+    if (cfg.dry_run) {  // no data read, nothing large allocated, nothing written
+      const nlohmann::json plan = plan_run(cfg);
+      if (world_rank() == 0) std::fputs(cfg.json ? (plan.dump(2) + "\n").c_str() : describe_plan(plan).c_str(), stdout);
+      return 0;
+    }
     corpus = load_corpus(cfg.data);
     reconcile_data(cfg, corpus);
+    // A run that cannot fit stops here rather than with std::bad_alloc mid-run.
+    const double need = plan_run(cfg)["memory_bytes_per_rank"].get<double>();
+    const int here = cfg.virtual_ranks > 0 ? cfg.virtual_ranks : node_ranks;
+    error = check_memory(need, here, ops::available_memory(cfg.compute().device), cfg.compute().device);
   } catch (const std::exception& e) {
     error = e.what();
   }

@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 
 #include "kernels/ops.h"
+#include "models/layer_spec.h"
 #include "netmodels/netmodel.h"
 
 #include <charconv>
@@ -30,6 +31,19 @@ nlohmann::json TrainConfig::to_json() const {
   j["hidden-size"] = model.hidden_size;
   j["num-attention-heads"] = model.num_attention_heads;
   j["ffn-hidden-size"] = model.ffn();
+  j["group-query-attention"] = model.group_query_attention;
+  j["num-query-groups"] = model.query_groups();
+  j["normalization"] = model.normalization;
+  j["norm-epsilon"] = clean(model.norm_epsilon);
+  j["position-embedding-type"] = model.position_embedding_type;
+  j["rotary-base"] = model.rotary_base;
+  j["rotary-percent"] = model.rotary_percent;
+  j["attention"] = model.attention;
+  j["swiglu"] = model.swiglu;
+  j["disable-bias-linear"] = !model.add_bias_linear;
+  j["untie-embeddings-and-output-weights"] = model.untie_embeddings_and_output_weights;
+  j["make-vocab-size-divisible-by"] = model.make_vocab_size_divisible_by;
+  j["padded-vocab-size"] = model.padded_vocab_size(tp);
   j["init-method-std"] = clean(model.init_std);
   j["tensor-model-parallel-size"] = tp;
   j["data-parallel-size"] = dp;
@@ -70,15 +84,43 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--config", o.config_file,
                  "TOML file whose keys are these flags' names (flags given here override it)");
-  app.add_option("--model", c.model_preset, "model preset: gpt-tiny or gpt2-124m")
+  std::string preset_names;
+  for (const Preset& p : presets()) preset_names += (preset_names.empty() ? "" : ", ") + p.name;
+  app.add_option("--model", c.model_preset, "model preset (docs/models.md): " + preset_names)
       ->capture_default_str();
-  // model shape: default from the preset, so no default shown here
-  app.add_option("--vocab-size", c.model.vocab_size, "vocabulary size (default: preset's; byte text: 256)");
+  // model shape and parts: default from the preset, so no default shown here
+  app.add_option("--vocab-size", c.model.vocab_size,
+                 "true vocabulary size (default: preset's; byte text: 256); the tables are padded "
+                 "(--make-vocab-size-divisible-by)");
   app.add_option("--seq-length", c.model.seq_length, "tokens per sequence");
   app.add_option("--num-layers", c.model.num_layers, "transformer blocks");
   app.add_option("--hidden-size", c.model.hidden_size, "model width");
-  app.add_option("--num-attention-heads", c.model.num_attention_heads, "attention heads");
-  app.add_option("--ffn-hidden-size", c.model.ffn_hidden_size, "MLP width (default 4 x hidden)");
+  app.add_option("--num-attention-heads", c.model.num_attention_heads, "attention (query) heads");
+  app.add_flag("--group-query-attention", c.model.group_query_attention,
+               "grouped-query attention with --num-query-groups K/V heads");
+  app.add_option("--num-query-groups", c.model.num_query_groups,
+                 "K/V heads under grouped-query attention (implies --group-query-attention); must "
+                 "divide the heads and be divisible by TP");
+  app.add_option("--ffn-hidden-size", c.model.ffn_hidden_size,
+                 "MLP width (default 4 x hidden; with --swiglu int(4 x hidden x 2/3 / 64) x 64)");
+  app.add_option("--normalization", c.model.normalization, "LayerNorm or RMSNorm");
+  app.add_option("--norm-epsilon", c.model.norm_epsilon, "epsilon of the norms (default 1e-5)");
+  app.add_option("--position-embedding-type", c.model.position_embedding_type,
+                 "learned_absolute or rope (rotate-half rotary embedding)");
+  app.add_option("--rotary-base", c.model.rotary_base, "RoPE base (default 10000)");
+  app.add_option("--rotary-percent", c.model.rotary_percent,
+                 "fraction of each head's channels that RoPE rotates, in (0, 1] (default 1)");
+  std::string attentions;
+  for (const std::string& a : attention_names()) attentions += (attentions.empty() ? "" : ", ") + a;
+  app.add_option("--attention", c.model.attention,
+                 "attention of every block (default softmax: causal MHA, or GQA): " + attentions);
+  app.add_flag("--swiglu", c.model.swiglu, "SwiGLU MLP (silu-gated, Llama) instead of GELU");
+  app.add_flag("--disable-bias-linear", o.disable_bias_linear, "no biases in the linear layers (Llama)");
+  app.add_flag("--untie-embeddings-and-output-weights", c.model.untie_embeddings_and_output_weights,
+               "a separate output layer instead of the embedding table (Llama)");
+  app.add_option("--make-vocab-size-divisible-by", c.model.make_vocab_size_divisible_by,
+                 "pad the vocabulary tables to a multiple of this x TP (default 128); padded ids "
+                 "are masked out of the softmax");
   app.add_option("--init-method-std", c.model.init_std, "std of the normal init (default 0.02)");
   app.add_option("--tensor-model-parallel-size,--tp", c.tp, "tensor-parallel ranks per model")
       ->capture_default_str();
@@ -148,6 +190,10 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.add_option("--threads", c.threads, "compute threads per rank (default: cores / ranks on the node)");
   app.add_flag("--quiet", c.quiet, "no progress lines");
   app.add_flag("--overwrite", c.overwrite, "replace an existing metrics.h5 in --out");
+  app.add_flag("--dry-run", c.dry_run,
+               "resolve the config and layout, print parameters, memory per rank and bytes per "
+               "communication site per iteration; allocate and train nothing");
+  app.add_flag("--json", c.json, "with --dry-run: print one JSON object");
 }
 
 std::string toml_value_to_arg(const toml::node& n, const std::string& file,
@@ -177,9 +223,10 @@ void append_key_value(std::vector<std::string>& args, const CLI::App& app, const
                       const std::string& value, const std::string& where) {
   const std::string flag = flag_for_key(key, app, where);
   const CLI::Option* opt = app.get_option_no_throw(flag);
-  if (opt->get_expected_min() == 0) {  // a flag: true sets it, false leaves it off
+  if (opt->get_expected_min() == 0) {  // a flag: true sets it, false clears it (over a preset)
     if (value == "true") args.push_back(flag);
-    else if (value != "false") throw std::invalid_argument(where + ": key '" + key + "' takes true or false");
+    else if (value == "false") args.push_back(flag + "=false");
+    else throw std::invalid_argument(where + ": key '" + key + "' takes true or false");
     return;
   }
   args.push_back(flag);
@@ -251,6 +298,23 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (given("--num-attention-heads")) m.num_attention_heads = c.model.num_attention_heads;
   if (given("--ffn-hidden-size")) m.ffn_hidden_size = c.model.ffn_hidden_size;
   if (given("--init-method-std")) m.init_std = c.model.init_std;
+  if (given("--group-query-attention")) m.group_query_attention = c.model.group_query_attention;
+  if (given("--num-query-groups")) {
+    m.num_query_groups = c.model.num_query_groups;
+    if (!given("--group-query-attention")) m.group_query_attention = true;
+  }
+  if (given("--normalization")) m.normalization = c.model.normalization;
+  if (given("--norm-epsilon")) m.norm_epsilon = c.model.norm_epsilon;
+  if (given("--position-embedding-type")) m.position_embedding_type = c.model.position_embedding_type;
+  if (given("--rotary-base")) m.rotary_base = c.model.rotary_base;
+  if (given("--rotary-percent")) m.rotary_percent = c.model.rotary_percent;
+  if (given("--attention")) m.attention = c.model.attention;
+  if (given("--swiglu")) m.swiglu = c.model.swiglu;
+  if (given("--disable-bias-linear")) m.add_bias_linear = !o.disable_bias_linear;
+  if (given("--untie-embeddings-and-output-weights"))
+    m.untie_embeddings_and_output_weights = c.model.untie_embeddings_and_output_weights;
+  if (given("--make-vocab-size-divisible-by"))
+    m.make_vocab_size_divisible_by = c.model.make_vocab_size_divisible_by;
   c.model = m;
   c.vocab_size_given = given("--vocab-size");
   if (!given("--micro-batch-size")) c.micro_batch_size = p.micro_batch_size;
@@ -266,6 +330,7 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
         std::to_string(c.dp) + " = " + std::to_string(c.tp * c.dp) + " ranks, but the world has " +
         std::to_string(world) + " (mpirun -np or --virtual-ranks)");
   c.model.validate(c.tp);
+  attention_factory(c.model.attention);  // an unknown --attention names the known ones
   if (c.micro_batch_size < 1) bad("--micro-batch-size must be >= 1");
   if (c.global_batch_size == 0) c.global_batch_size = c.micro_batch_size * c.dp;
   if (c.global_batch_size < 0 || c.global_batch_size % (c.micro_batch_size * c.dp) != 0)

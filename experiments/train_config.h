@@ -51,6 +51,8 @@ struct TrainConfig {
   std::string progress_prefix;  // set by the grid: progress lines start with it, no header
   int progress_interval = 0;    // progress line every N iterations (0: every log interval)
   bool overwrite = false;
+  bool dry_run = false;  // --dry-run: print the resolved model, memory and traffic; train nothing
+  bool json = false;     // --dry-run --json: one JSON object
   bool vocab_size_given = false;  // --vocab-size was set explicitly (flag or file)
 
   // Micro-batches each DP rank runs per iteration (gradient accumulation steps).
@@ -64,6 +66,7 @@ struct TrainConfig {
 struct TrainOptions {
   TrainConfig cfg;
   std::string config_file;
+  bool disable_bias_linear = false;  // --disable-bias-linear (ModelConfig keeps add_bias_linear)
   CLI::App* app = nullptr;
 };
 void add_train_options(CLI::App& app, TrainOptions& opts);

@@ -2,6 +2,7 @@
 #include "kernels/ops.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <stdexcept>
 
 #include "kernels/cpu/ops.h"
@@ -47,8 +48,8 @@ void matmul_backward_bf16(Device d, float* dinp, float* dweight, float* dbias, c
   LOSSYTP_ON(d, matmul_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC));
 }
 void layernorm_forward(Device d, float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C) {
-  LOSSYTP_ON(d, layernorm_forward(out, mean, rstd, inp, weight, bias, N, C));
+                       const float* weight, const float* bias, int N, int C, float eps) {
+  LOSSYTP_ON(d, layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps));
 }
 void layernorm_backward(Device d, float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean,
@@ -62,20 +63,21 @@ void gelu_backward(Device d, float* dinp, const float* inp, const float* dout, s
   LOSSYTP_ON(d, gelu_backward(dinp, inp, dout, n));
 }
 void attention_forward(Device d, float* out, float* lse, const float* qkv, int B, int T, int NH,
-                       int HD) {
-  LOSSYTP_ON(d, attention_forward(out, lse, qkv, B, T, NH, HD));
+                       int NKV, int HD) {
+  LOSSYTP_ON(d, attention_forward(out, lse, qkv, B, T, NH, NKV, HD));
 }
 void attention_backward(Device d, float* dqkv, const float* dout, const float* qkv,
-                        const float* out, const float* lse, int B, int T, int NH, int HD) {
-  LOSSYTP_ON(d, attention_backward(dqkv, dout, qkv, out, lse, B, T, NH, HD));
+                        const float* out, const float* lse, int B, int T, int NH, int NKV, int HD) {
+  LOSSYTP_ON(d, attention_backward(dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD));
 }
 void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B, int T,
-                            int NH, int HD) {
-  LOSSYTP_ON(d, attention_forward_bf16(out, lse, qkv, B, T, NH, HD));
+                            int NH, int NKV, int HD) {
+  LOSSYTP_ON(d, attention_forward_bf16(out, lse, qkv, B, T, NH, NKV, HD));
 }
 void attention_backward_bf16(Device d, float* dqkv, const float* dout, const float* qkv,
-                             const float* out, const float* lse, int B, int T, int NH, int HD) {
-  LOSSYTP_ON(d, attention_backward_bf16(dqkv, dout, qkv, out, lse, B, T, NH, HD));
+                             const float* out, const float* lse, int B, int T, int NH, int NKV,
+                             int HD) {
+  LOSSYTP_ON(d, attention_backward_bf16(dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD));
 }
 void embedding_forward(Device d, float* out, const int32_t* tok, const float* table, int N, int C,
                        int vocab_start, int V) {
@@ -125,6 +127,31 @@ void copy_cols(Device d, float* dst, int ldd, const float* src, int lds, int N, 
 void scale_cols(Device d, float* x, int N, int C, int c0, float s) {
   LOSSYTP_ON(d, scale_cols(x, N, C, c0, s));
 }
+void fill_cols(Device d, float* x, int N, int ld, int c0, int c1, float v) {
+  LOSSYTP_ON(d, fill_cols(x, N, ld, c0, c1, v));
+}
+void rmsnorm_forward(Device d, float* out, float* rstd, const float* inp, const float* weight,
+                     int N, int C, float eps) {
+  LOSSYTP_ON(d, rmsnorm_forward(out, rstd, inp, weight, N, C, eps));
+}
+void rmsnorm_backward(Device d, float* dinp, float* dweight, const float* dout, const float* inp,
+                      const float* weight, const float* rstd, int N, int C) {
+  LOSSYTP_ON(d, rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C));
+}
+void rope_forward(Device d, float* qkv, const float* cos, const float* sin, int B, int T, int NH,
+                  int NKV, int HD, int rot_dim) {
+  LOSSYTP_ON(d, rope_forward(qkv, cos, sin, B, T, NH, NKV, HD, rot_dim));
+}
+void rope_backward(Device d, float* dqkv, const float* cos, const float* sin, int B, int T, int NH,
+                   int NKV, int HD, int rot_dim) {
+  LOSSYTP_ON(d, rope_backward(dqkv, cos, sin, B, T, NH, NKV, HD, rot_dim));
+}
+void swiglu_forward(Device d, float* out, const float* inp, int N, int F) {
+  LOSSYTP_ON(d, swiglu_forward(out, inp, N, F));
+}
+void swiglu_backward(Device d, float* dinp, const float* inp, const float* dout, int N, int F) {
+  LOSSYTP_ON(d, swiglu_backward(dinp, inp, dout, N, F));
+}
 void scale_inplace(Device d, float* x, float s, size_t n) {
   LOSSYTP_ON(d, scale_inplace(x, s, n));
 }
@@ -163,6 +190,24 @@ double sum_squares(Device d, const std::vector<std::pair<const float*, size_t>>&
   double s = 0.0;
   for (const auto& [p, n] : spans) s += cpu::sum_squares(p, n);
   return s;
+}
+
+double available_memory(Device d) {
+  if (d == Device::CUDA) {
+#ifdef LOSSYTP_HAVE_CUDA
+    return static_cast<double>(cuda::free_memory_bytes());
+#else
+    no_cuda();
+#endif
+  }
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  double kb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb * 1024.0;
 }
 
 std::string unavailable(Device d) {

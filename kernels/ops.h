@@ -15,6 +15,9 @@ namespace lossytp::ops {
 
 // Why kernels cannot run on `d` here ("" when they can): a build without CUDA, no GPU visible.
 std::string unavailable(Device d);
+// Bytes free where a model would live: MemAvailable of /proc/meminfo (CPU; 0 when unknown),
+// or the current GPU's free memory.
+double available_memory(Device d);
 
 // ---- linear, LayerNorm, GELU, attention
 void matmul_forward(Device d, float* out, const float* inp, const float* weight, const float* bias,
@@ -27,21 +30,42 @@ void matmul_forward_bf16(Device d, float* out, const float* inp, const float* we
 void matmul_backward_bf16(Device d, float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, int N, int C, int OC);
 void layernorm_forward(Device d, float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C);
+                       const float* weight, const float* bias, int N, int C, float eps = 1e-5f);
 void layernorm_backward(Device d, float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean,
                         const float* rstd, int N, int C);
 void gelu_forward(Device d, float* out, const float* inp, size_t n);
 void gelu_backward(Device d, float* dinp, const float* inp, const float* dout, size_t n);
+// NH query heads, NKV key/value heads (GQA; NKV = NH: multi-head); qkv in the grouped layout
+// [B, T, NKV, NH/NKV + 2, HD] of kernels/cpu/ops.h.
 void attention_forward(Device d, float* out, float* lse, const float* qkv, int B, int T, int NH,
-                       int HD);
+                       int NKV, int HD);
 void attention_backward(Device d, float* dqkv, const float* dout, const float* qkv,
-                        const float* out, const float* lse, int B, int T, int NH, int HD);
+                        const float* out, const float* lse, int B, int T, int NH, int NKV, int HD);
 // bf16 GEMM operands (q, k, v, dout; on the GPU also P and dS), fp32 softmax and outputs (--bf16).
 void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B, int T,
-                            int NH, int HD);
+                            int NH, int NKV, int HD);
 void attention_backward_bf16(Device d, float* dqkv, const float* dout, const float* qkv,
-                             const float* out, const float* lse, int B, int T, int NH, int HD);
+                             const float* out, const float* lse, int B, int T, int NH, int NKV,
+                             int HD);
+// The multi-head forms (NKV = NH, qkv [B, T, NH, 3, HD]), for callers without GQA.
+inline void attention_forward(Device d, float* out, float* lse, const float* qkv, int B, int T,
+                              int NH, int HD) {
+  attention_forward(d, out, lse, qkv, B, T, NH, NH, HD);
+}
+inline void attention_backward(Device d, float* dqkv, const float* dout, const float* qkv,
+                               const float* out, const float* lse, int B, int T, int NH, int HD) {
+  attention_backward(d, dqkv, dout, qkv, out, lse, B, T, NH, NH, HD);
+}
+inline void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B,
+                                   int T, int NH, int HD) {
+  attention_forward_bf16(d, out, lse, qkv, B, T, NH, NH, HD);
+}
+inline void attention_backward_bf16(Device d, float* dqkv, const float* dout, const float* qkv,
+                                    const float* out, const float* lse, int B, int T, int NH,
+                                    int HD) {
+  attention_backward_bf16(d, dqkv, dout, qkv, out, lse, B, T, NH, NH, HD);
+}
 
 // ---- embeddings, vocab-parallel cross-entropy
 void embedding_forward(Device d, float* out, const int32_t* tok, const float* table, int N, int C,
@@ -72,6 +96,20 @@ void bias_grad(Device d, float* db, const float* dy, int N, int C);
 void copy_cols(Device d, float* dst, int ldd, const float* src, int lds, int N, int w);
 // x[n, c] *= s for c in [c0, C), x [N, C].
 void scale_cols(Device d, float* x, int N, int C, int c0, float s);
+// x[n * ld + c] = v for n < N, c in [c0, c1) (padded vocabulary logits).
+void fill_cols(Device d, float* x, int N, int ld, int c0, int c1, float v);
+
+// ---- Llama: RMSNorm, rotary embedding (in place on the grouped qkv), SwiGLU
+void rmsnorm_forward(Device d, float* out, float* rstd, const float* inp, const float* weight,
+                     int N, int C, float eps);
+void rmsnorm_backward(Device d, float* dinp, float* dweight, const float* dout, const float* inp,
+                      const float* weight, const float* rstd, int N, int C);
+void rope_forward(Device d, float* qkv, const float* cos, const float* sin, int B, int T, int NH,
+                  int NKV, int HD, int rot_dim);
+void rope_backward(Device d, float* dqkv, const float* cos, const float* sin, int B, int T, int NH,
+                   int NKV, int HD, int rot_dim);
+void swiglu_forward(Device d, float* out, const float* inp, int N, int F);
+void swiglu_backward(Device d, float* dinp, const float* inp, const float* dout, int N, int F);
 
 // ---- vectors
 void copy(Device d, float* dst, const float* src, size_t n);

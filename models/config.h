@@ -1,4 +1,7 @@
-// The architecture of a GPT model, and the named presets. Every field can be overridden.
+// The architecture of a model, as Megatron-LM's TransformerConfig names it, and the named
+// presets. Every field can be overridden by the flag of the same name (train_config.cpp).
+// A model is a composition of parts chosen by these fields (models/layer_spec.h): the norm, the
+// position embedding, the attention and the MLP of every block, biases, tied or untied output.
 #pragma once
 #include <string>
 #include <vector>
@@ -8,21 +11,44 @@
 namespace lossytp {
 
 struct ModelConfig {
-  int vocab_size = 4096;
+  int vocab_size = 4096;  // the true vocabulary: every token id is < vocab_size
   int seq_length = 256;
   int num_layers = 4;
   int hidden_size = 256;
   int num_attention_heads = 4;
-  int ffn_hidden_size = 0;  // 0: 4 * hidden_size
+  // Grouped-query attention: K/V heads (query groups). Megatron's --group-query-attention with
+  // --num-query-groups; false: one group per head (MHA).
+  bool group_query_attention = false;
+  int num_query_groups = 1;
+  int ffn_hidden_size = 0;  // 0: 4 h, or with SwiGLU Megatron's int(4h * 2/3 / 64) * 64
   float init_std = 0.02f;
+  std::string normalization = "LayerNorm";  // LayerNorm | RMSNorm
+  float norm_epsilon = 1e-5f;
+  std::string position_embedding_type = "learned_absolute";  // learned_absolute | rope
+  double rotary_base = 10000;
+  double rotary_percent = 1.0;  // the first int(head_dim * percent) channels of a head rotate
+  std::string attention = "softmax";  // a registered attention (models/layer_spec.h)
+  bool swiglu = false;                // SwiGLU MLP (gated, silu) instead of GELU
+  bool add_bias_linear = true;        // --disable-bias-linear sets false
+  bool untie_embeddings_and_output_weights = false;
+  int make_vocab_size_divisible_by = 128;
 
-  int ffn() const { return ffn_hidden_size > 0 ? ffn_hidden_size : 4 * hidden_size; }
+  int ffn() const;
   int head_dim() const { return hidden_size / num_attention_heads; }
-  // Parameters of the full (unsharded) model, tied embedding counted once.
+  int query_groups() const { return group_query_attention ? num_query_groups : num_attention_heads; }
+  bool rope() const { return position_embedding_type == "rope"; }
+  int rotary_dim() const { return static_cast<int>(head_dim() * rotary_percent); }
+  std::string mlp() const { return swiglu ? "swiglu" : "gelu"; }
+  // Megatron's padding: the embedding and output tables have this many rows, a multiple of
+  // make_vocab_size_divisible_by * tp. Padded ids are never targets and are masked out of the
+  // softmax, so the padding changes no loss.
+  int padded_vocab_size(int tp) const;
+  // Parameters of the full (unsharded) model as Hugging Face counts them: the true vocabulary,
+  // a tied embedding counted once.
   long long num_parameters() const;
   // Training FLOPs per token: 6 N (N without position embeddings) + 12 L T d (attention).
   double flops_per_token() const;
-  // Throws std::invalid_argument naming the field when the shape is impossible for `tp`.
+  // Throws std::invalid_argument naming the flag when the shape is impossible for `tp`.
   void validate(int tp) const;
 };
 
@@ -31,7 +57,7 @@ struct ModelConfig {
 // first int(C * caat_p) channels, the rest stays each rank's partial sum scaled by sqrt(tp);
 // column-parallel layers do not all-reduce input gradients; the residual-stream gradient is a
 // per-rank partial sum that one all-reduce at the input of the block stack makes whole; the
-// gradients of replicated LayerNorm parameters and row-parallel biases are summed over TP.
+// gradients of replicated parameters (norms, row-parallel biases) are summed over TP.
 struct TPOptions {
   bool caat = false;
   double caat_p = 1.0;

@@ -1,25 +1,41 @@
-// GPT-2 (pre-LN, learned positions, 4x GELU MLP, biases, tied input/output embedding), built
-// from Megatron-style tensor-parallel layers. One object per rank holds that rank's shard.
+// The model: a vocab-parallel embedding (+ learned absolute positions unless RoPE), a stack of
+// transformer blocks assembled from the layer spec (models/layer_spec.h), a final norm and the
+// output layer (tied to the embedding or not), with Megatron's vocab-parallel cross-entropy.
+// GPT-2 and the Llama family are this one class with different ModelConfigs, as in Megatron's
+// GPTModel. One object per rank holds that rank's shard.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "models/config.h"
-#include "models/layernorm.h"
+#include "models/norm.h"
+#include "models/output_layer.h"
 #include "models/param_store.h"
+#include "models/rotary.h"
 #include "models/transformer_block.h"
 #include "models/vocab_parallel_cross_entropy.h"
 #include "models/vocab_parallel_embedding.h"
+#include "models/workspace.h"
 #include "sim/comm.h"
 
 namespace lossytp {
 
+// What one rank holds, in bytes (--dry-run and the memory check before training).
+struct MemoryEstimate {
+  double weights = 0, grads = 0, optimizer = 0, activations = 0;
+  double total() const { return weights + grads + optimizer + activations; }
+};
+
 class GPTModel {
  public:
   // compute: where the parameters, activations and kernels live, and the GEMM precision.
+  // allocate = false only lays out the parameters (ParamStore::plan) for --dry-run: nothing
+  // large is allocated and the model cannot step.
   GPTModel(const ModelConfig& cfg, int tp_rank, int tp_size, TPOptions opt = {},
-           Compute compute = {});
+           Compute compute = {}, bool allocate = true);
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return store_; }
   void init(uint64_t seed) { store_.init(seed); }
@@ -31,25 +47,33 @@ class GPTModel {
   double step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp, bool backward,
               float grad_scale);
   // After the last micro-batch of an iteration: under CAAT, sums the gradients of the
-  // replicated parameters that received per-rank partial gradients (LayerNorms, row-parallel
+  // replicated parameters that received per-rank partial gradients (norms, row-parallel
   // biases) over TP at site "replicated.grad". No-op otherwise.
   void reduce_partial_grads(Comm& tp);
 
+  // Estimates for B x T micro-batches: memory of this rank (AdamW's two moments), and the
+  // elements each TP site all-reduces per micro-batch (and "replicated.grad" per iteration).
+  MemoryEstimate memory_estimate(int B, int T) const;
+  SiteElements comm_elements(int B, int T) const;
+
  private:
   void ensure(int B, int T);
+  bool partial_grad(const ParamSpec& s) const;
   ModelConfig cfg_;
   TPOptions opt_;
   ParamStore store_;
   VocabParallelEmbedding embed_;
-  int pos_;
+  int pos_ = -1;  // learned absolute positions (-1 with RoPE)
+  std::unique_ptr<RotaryEmbedding> rotary_;
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;
-  LayerNorm lnf_;
+  Norm final_norm_;
+  OutputLayer output_;
   VocabParallelCrossEntropy ce_;
+  Workspace ws_;
   int B_ = 0, T_ = 0;
   std::vector<Tensor> res_;  // residual stream: res_[0] embeddings, res_[l+1] block l output
-  Tensor lnf_out_, logits_, dres_, losses_, dloss_;
+  Tensor final_out_, logits_, dres_, losses_, dloss_;
   Tensor tokens_;  // the micro-batch's x then y on the device (int32 bits in fp32 storage)
-  BlockScratch scratch_;
   Tensor partial_pack_;
 };
 

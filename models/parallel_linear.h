@@ -3,6 +3,7 @@
 //  RowParallelLinear:    the input dim is split; input shard -> replicated output, after an
 //                        all-reduce of the partial sums, with the bias added after the reduce.
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
@@ -13,12 +14,18 @@
 
 namespace lossytp {
 
+// Elements all-reduced over TP per micro-batch, by site (for --dry-run's traffic estimate).
+using SiteElements = std::map<std::string, double>;
+
 class ColumnParallelLinear {
  public:
+  // bias: Megatron's add_bias_linear. stride: the output rows are `stride` equal parts, each
+  // split over TP (SwiGLU's fc1 = [gate; up], so a rank holds [gate_r; up_r]).
   ColumnParallelLinear(ParamStore& store, const std::string& name, int in, int out, float std,
-                       TPOptions opt = {});
+                       TPOptions opt = {}, bool bias = true, int stride = 1);
   int in() const { return in_; }
   int out_local() const { return out_local_; }
+  void comm_elements(int N, SiteElements& e) const;
   // y[N, out/tp] = x[N, in] @ W_shard^T + b_shard      (copy_to_tp_region: identity forward)
   void forward(float* y, const float* x, int N);
   // dW, db += ...; dx[N, in] = dy @ W_shard, then all-reduced over TP at site "<name>.bwd"
@@ -35,9 +42,10 @@ class ColumnParallelLinear {
 class RowParallelLinear {
  public:
   RowParallelLinear(ParamStore& store, const std::string& name, int in, int out, float std,
-                    TPOptions opt = {});
+                    TPOptions opt = {}, bool bias = true);
   int in_local() const { return in_local_; }
   int out() const { return out_; }
+  void comm_elements(int N, SiteElements& e) const;
   // y[N, out] = all-reduce over TP of x_shard[N, in/tp] @ W_shard^T, then + b, at site
   // "<name>.fwd" (reduce_from_tp_region; under CAAT the partial reduce). y is overwritten.
   void forward(float* y, const float* x, int N, Comm& tp);

@@ -14,7 +14,7 @@ size_t ParamSpec::numel() const {
 }
 
 int ParamStore::declare(std::string name, std::vector<int64_t> full, int shard_dim, Init init,
-                        float std, bool weight_decay) {
+                        float std, bool weight_decay, int stride) {
   if (values_.defined()) throw std::logic_error("declare after allocate: " + name);
   ParamSpec s;
   s.name = std::move(name);
@@ -23,25 +23,31 @@ int ParamStore::declare(std::string name, std::vector<int64_t> full, int shard_d
   s.init = init;
   s.std = std;
   s.weight_decay = weight_decay;
+  s.stride = stride;
   s.local = s.full;
   if (shard_dim >= 0) {
-    if (s.full[shard_dim] % tp_size_ != 0)
+    if (s.full[shard_dim] % (static_cast<int64_t>(tp_size_) * stride) != 0)
       throw std::invalid_argument("parameter " + s.name + " dim " + std::to_string(shard_dim) +
                                   " of size " + std::to_string(s.full[shard_dim]) +
-                                  " is not divisible by tp " + std::to_string(tp_size_));
+                                  " is not divisible by tp " + std::to_string(tp_size_) +
+                                  (stride > 1 ? " x " + std::to_string(stride) + " parts" : ""));
     s.local[shard_dim] /= tp_size_;
   }
   specs_.push_back(std::move(s));
   return static_cast<int>(specs_.size()) - 1;
 }
 
-void ParamStore::allocate() {
+void ParamStore::plan() {
   total_ = 0;
   for (ParamSpec& s : specs_) {
     s.offset = total_;
     // 16-float (64-byte) alignment for every parameter.
     total_ += (s.numel() + 15) / 16 * 16;
   }
+}
+
+void ParamStore::allocate() {
+  plan();
   values_ = Tensor({static_cast<int64_t>(total_)}, device());
   grads_ = Tensor({static_cast<int64_t>(total_)}, device());
 }
@@ -61,12 +67,18 @@ void ParamStore::init(uint64_t seed) {
     const int64_t rows = s.local.size() == 2 ? s.local[0] : 1;
     const int64_t cols = s.local.back();
     const int64_t full_cols = s.full.back();
-    const int64_t row0 = s.shard_dim == 0 && s.local.size() == 2 ? tp_rank_ * rows : 0;
-    const int64_t col0 = (s.shard_dim == static_cast<int>(s.local.size()) - 1) ? tp_rank_ * cols : 0;
+    // Local index i along the sharded dim -> full index: rank r holds slice r of each of the
+    // `stride` parts (Megatron's partition stride; 1 = one contiguous slice).
+    const int sd = s.shard_dim;
+    const int64_t loc = sd >= 0 ? s.local[sd] : 1, part = loc / s.stride;
+    auto full_of = [&](int64_t i) { return (i / part) * part * tp_size_ + tp_rank_ * part + i % part; };
+    const bool row_shard = sd == 0 && s.local.size() == 2;
+    const bool col_shard = sd == static_cast<int>(s.local.size()) - 1;
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) {
-        uint64_t full_index = static_cast<uint64_t>((row0 + r) * full_cols + col0 + c);
+        const int64_t fr = row_shard ? full_of(r) : r, fc = col_shard ? full_of(c) : c;
+        uint64_t full_index = static_cast<uint64_t>(fr * full_cols + fc);
         v[r * cols + c] = s.std * philox_normal(seed, stream, full_index);
       }
   }

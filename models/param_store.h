@@ -18,6 +18,9 @@ struct ParamSpec {
   std::string name;               // "layer0.attn.qkv.weight"
   std::vector<int64_t> full;      // unsharded shape
   int shard_dim = -1;             // -1: replicated on every TP rank; else split along this dim
+  // Megatron's partition stride: the sharded dim is `stride` equal parts, each split over TP,
+  // and a rank holds its slice of every part, concatenated (SwiGLU's fc1: [gate_r; up_r]).
+  int stride = 1;
   Init init = Init::Normal;
   float std = 0.02f;
   bool weight_decay = true;
@@ -32,7 +35,10 @@ class ParamStore {
       : tp_rank_(tp_rank), tp_size_(tp_size), compute_(compute) {}
   // Returns the index of the parameter; views are valid after allocate().
   int declare(std::string name, std::vector<int64_t> full, int shard_dim, Init init,
-              float std = 0.0f, bool weight_decay = true);
+              float std = 0.0f, bool weight_decay = true, int stride = 1);
+  // Lays out the arenas (offsets, numel()) without allocating them: --dry-run stops here.
+  void plan();
+  // plan(), then allocates both arenas on the compute device.
   void allocate();
   // Draws every parameter from (seed, name, index in the FULL matrix): a pure function, so the
   // numbers of a run do not depend on the TP size.

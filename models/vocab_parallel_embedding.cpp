@@ -1,7 +1,6 @@
 #include "models/vocab_parallel_embedding.h"
 
 #include "kernels/ops.h"
-#include "models/linear.h"
 #include "models/mappings.h"
 
 namespace lossytp {
@@ -21,18 +20,6 @@ void VocabParallelEmbedding::forward(float* out, const int32_t* tok, int N, Comm
 void VocabParallelEmbedding::backward(const float* dout, const int32_t* tok, int N) {
   reduce_from_tp_region_backward();
   ops::embedding_backward(store_.device(), store_.grad(w_), tok, dout, N, C_, vocab_start_, vocab_local_);
-}
-
-void VocabParallelEmbedding::logits_forward(float* logits, const float* x, int N) {
-  copy_to_tp_region_forward();
-  linear_forward(store_.compute(), logits, x, store_.value(w_), nullptr, N, C_, vocab_local_);
-}
-
-void VocabParallelEmbedding::logits_backward(float* dx, const float* dlogits, const float* x,
-                                             int N, Comm& tp, bool reduce) {
-  linear_backward(store_.compute(), dx, store_.grad(w_), nullptr, dlogits, x, store_.value(w_), N, C_,
-                       vocab_local_);
-  if (reduce) copy_to_tp_region_backward(tp, dx, static_cast<size_t>(N) * C_, "head.bwd");
 }
 
 }  // namespace lossytp

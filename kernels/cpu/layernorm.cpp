@@ -1,4 +1,4 @@
-// LayerNorm over the last dimension (eps = 1e-5), forward and backward.
+// LayerNorm over the last dimension, forward and backward.
 // Rows are independent: OpenMP over rows. A row (C floats) sits in L1 while it is read a few
 // times, so the passes over it are cheap; the variance is computed around the mean (two-pass),
 // which is accurate in float.
@@ -12,14 +12,13 @@
 namespace lossytp::cpu {
 
 namespace {
-constexpr float kEps = 1e-5f;
 // Rows per partial sum of dweight/dbias in the backward. Fixed (not per thread), so the
 // summation order, hence the result, is the same for every thread count.
 constexpr int kRowsPerChunk = 64;
 }  // namespace
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C) {
+                       const float* weight, const float* bias, int N, int C, float eps) {
   const float inv_c = 1.0f / static_cast<float>(C);
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
@@ -35,7 +34,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
       const float d = x[i] - m;
       v += d * d;
     }
-    const float r = 1.0f / std::sqrt(v * inv_c + kEps);
+    const float r = 1.0f / std::sqrt(v * inv_c + eps);
 #pragma omp simd
     for (int i = 0; i < C; ++i) y[i] = (x[i] - m) * r * weight[i] + bias[i];
     if (mean != nullptr) mean[n] = m;

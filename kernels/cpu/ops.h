@@ -33,9 +33,9 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                      const float* inp, const float* weight, int N, int C, int OC);
 
-// ---- LayerNorm over the last dim, eps = 1e-5; mean/rstd[N] are saved for the backward.
+// ---- LayerNorm over the last dim (GPT-2: eps = 1e-5); mean/rstd[N] are saved for the backward.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C);
+                       const float* weight, const float* bias, int N, int C, float eps);
 // dinp (ACCUMULATES, +=), dweight/dbias (+=).
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean,
@@ -46,14 +46,20 @@ void gelu_forward(float* out, const float* inp, size_t n);
 // dinp = gelu'(inp) * dout (OVERWRITES). dinp may alias dout.
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
 
-// ---- causal multi-head self-attention, fused (flash-attention style).
-// qkv: [B, T, NH, 3, HD] -- for every token and head, its q, k and v vectors of HD floats.
+// ---- causal self-attention, fused (flash-attention style), multi-head or grouped-query (GQA):
+// NH query heads, NKV key/value heads (query groups), NH % NKV == 0 (else std::invalid_argument);
+// query head h uses the k and v of group h / (NH / NKV). NKV = NH is multi-head attention.
+// qkv: [B, T, NKV, NH/NKV + 2, HD] -- Megatron's grouped fused QKV: for every token and group,
+//   the group's NH/NKV q vectors, then its k, then its v, HD floats each ((NH + 2 NKV) HD floats
+//   a token). With NKV = NH this is [B, T, NH, 3, HD]: per head its q, k and v.
 // out: [B, T, NH, HD]; lse: [B, NH, T] log-sum-exp of each softmax row, saved for the backward.
-// Scale 1/sqrt(HD). Never materialises a T x T matrix per head beyond a tile.
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD);
-// dqkv: [B, T, NH, 3, HD] (OVERWRITES). Recomputes probabilities tile by tile from lse.
+// Scale 1/sqrt(HD). Never materialises a T x T matrix per head beyond a tile, nor K/V per head.
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                       int HD);
+// dqkv: like qkv (OVERWRITES); a group's dk and dv are sums over its query heads (fixed order).
+// Recomputes probabilities tile by tile from lse.
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int NH, int HD);
+                        const float* lse, int B, int T, int NH, int NKV, int HD);
 
 // ---- embeddings
 // Vocab-parallel lookup: this rank owns rows [vocab_start, vocab_start + V) of the table.
@@ -110,6 +116,35 @@ void bias_grad(float* db, const float* dy, int N, int C);
 void copy_cols(float* dst, int ldd, const float* src, int lds, int N, int w);
 // x[n, c] *= s for c in [c0, C).
 void scale_cols(float* x, int N, int C, int c0, float s);
+// x[n * ld + c] = v for n < N, c in [c0, c1) (masks the padded vocabulary columns of logits).
+void fill_cols(float* x, int N, int ld, int c0, int c1, float v);
+
+// ---- Llama: RMSNorm, rotary embedding, SwiGLU (kernels/cpu/rmsnorm.cpp, rope.cpp, swiglu.cpp)
+// RMSNorm over the last dim: out = inp * rstd * weight, rstd[n] = 1 / sqrt(mean_c(inp^2) + eps),
+// saved for the backward. No bias, no mean subtraction.
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+                     float eps);
+// dinp (ACCUMULATES, +=), dweight (+=; rows summed in a fixed order, thread-count independent).
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                      const float* weight, const float* rstd, int N, int C);
+// Rotary embedding (rotate-half convention of Megatron / Hugging Face), IN PLACE on a fused qkv
+// in Megatron's grouped layout: per token [NKV groups][NH/NKV q heads, 1 k head, 1 v head][HD],
+// (NH + 2 NKV) HD floats; token (b, t) starts at (b T + t)(NH + 2 NKV) HD. NKV == NH gives
+// [NH][q, k, v][HD]. cos, sin: [T, rot_dim/2], row t for the token at position t. On every q and
+// k head (not v), for i < h = rot_dim/2: (x[i], x[i+h]) <- (x[i] c - x[i+h] s, x[i+h] c + x[i] s)
+// with c = cos[t, i], s = sin[t, i]; channels [rot_dim, HD) untouched. Needs NH % NKV == 0,
+// rot_dim even and <= HD.
+void rope_forward(float* qkv, const float* cos, const float* sin, int B, int T, int NH, int NKV,
+                  int HD, int rot_dim);
+// The transpose (inverse) rotation, in place on the q and k gradients of dqkv (same layout);
+// v gradients untouched.
+void rope_backward(float* dqkv, const float* cos, const float* sin, int B, int T, int NH, int NKV,
+                   int HD, int rot_dim);
+// SwiGLU (Megatron's glu): inp [N, 2F], rows [gate (F) | up (F)]; out [N, F] = silu(gate) * up
+// with silu(g) = g / (1 + exp(-g)) (OVERWRITES).
+void swiglu_forward(float* out, const float* inp, int N, int F);
+// dinp [N, 2F] (OVERWRITES): dgate = dout * up * silu'(gate), dup = dout * silu(gate).
+void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F);
 
 }  // namespace lossytp::cpu
 
@@ -140,9 +175,10 @@ namespace lossytp::cpu {
 // on the rounded copies (bit-identical to attention_forward/backward on pre-rounded inputs). The
 // probabilities P and dS, which the GPU also rounds before its GEMMs, live inside the fused
 // kernel's tiles and stay fp32 here, so the two agree within bf16 rounding, not bit for bit.
-void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD);
+void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                            int HD);
 void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* out,
-                             const float* lse, int B, int T, int NH, int HD);
+                             const float* lse, int B, int T, int NH, int NKV, int HD);
 
 }  // namespace lossytp::cpu
 // ==== end of bf16 attention =======================================================================

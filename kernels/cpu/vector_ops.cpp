@@ -88,4 +88,13 @@ void scale_cols(float* x, int N, int C, int c0, float s) {
   }
 }
 
+void fill_cols(float* x, int N, int ld, int c0, int c1, float v) {
+  if (c0 >= c1) return;
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    float* row = x + static_cast<size_t>(n) * ld;
+    std::fill(row + c0, row + c1, v);
+  }
+}
+
 }  // namespace lossytp::cpu

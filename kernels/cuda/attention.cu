@@ -1,7 +1,9 @@
 // Causal attention on the GPU, the way PyTorch eager does it: the T x T score matrix of every
 // head is materialised and the products run on cuBLAS, with two small row kernels for the
-// softmax. Layouts and semantics are kernels/cpu/ops.h's: qkv [B, T, NH, 3, HD],
-// out [B, T, NH, HD], lse [B, NH, T], scale 1/sqrt(HD), dqkv OVERWRITTEN. Two precisions share
+// softmax. Layouts and semantics are kernels/cpu/ops.h's: NH query heads in NKV groups sharing a
+// k and v head (GQA; R = NH / NKV heads a group, R = 1: multi-head), qkv [B, T, NKV, R + 2, HD]
+// (Megatron's grouped fused QKV), out [B, T, NH, HD], lse [B, NH, T], scale 1/sqrt(HD), dqkv
+// OVERWRITTEN with a group's dK and dV summed over its heads. Two precisions share
 // all the control flow below (a precision flag picks the GEMM and the row kernels' outputs):
 //  - fp32 (attention_forward/backward): cublasSgemmStridedBatched, default math mode (no TF32);
 //  - bf16 (attention_forward_bf16/backward_bf16, for --bf16): every GEMM operand is rounded to
@@ -12,10 +14,15 @@
 //    O, dQ, dK, dV, the softmax, lse and D are fp32; D = rowsum(dO * O) uses the rounded dO (the
 //    dO the GEMMs see, so D = rowsum(P * dP) as the gradient needs; the CPU twin does the same).
 //
-// For one sequence b the q (k, v) vectors of head h form a row-major [T, HD] matrix with row
-// stride NH*3*HD that starts 3*HD elements after head h-1's: one strided-batched GEMM covers all
-// NH heads of a sequence (loop over b). Likewise out and dout ([T, HD] per head, row stride
-// NH*HD, head stride HD) and the three [T, HD] slices of dqkv per head (row stride NH*3*HD).
+// For one sequence b the q vectors of head h = g R + r (the r-th query head of group g) form a
+// row-major [T, HD] matrix with row stride ldq = (NH + 2 NKV) HD that starts (R + 2) HD elements
+// after the one of head h - R (the same r in group g - 1); so do the k and v of group g. One
+// strided-batched GEMM covers the r-th heads of all NKV groups of a sequence, each reading its
+// group's K and V in place (no copy per head); loop over b and r (R = 1: one GEMM per sequence
+// over all heads). Likewise out and dout ([T, HD] per head, row stride NH*HD, stride R*HD from
+// group to group), the score buffers (head h's [T, T] at h T^2) and the [T, HD] slices of dqkv.
+// The group sums dK = sum_r scale dS_r^T Q_r and dV = sum_r P_r^T dO_r are GEMMs with beta = 0
+// for r = 0 and beta = 1 after, one after the other on the stream: fixed order, no atomics.
 //
 // Forward, per head:  S = scale Q K^T                                  (GEMM, [T, T])
 //                     P = causal softmax of S (fp32: in place; bf16: into a bf16 copy);
@@ -25,8 +32,9 @@
 //                     dP = dO V^T                                      (GEMM)
 //                     D_t = dO_t . O_t, P = exp(S - lse), dS = P * (dP - D) (row kernel; fp32:
 //                     in place; bf16: P and dS into bf16 copies)
-//                     dV = P^T dO, dQ = scale dS K, dK = scale dS^T Q  (GEMMs, beta = 0: every
-//                     element of dqkv is written, the input is never read)
+//                     dV = P^T dO, dQ = scale dS K, dK = scale dS^T Q  (GEMMs; beta = 0 at a
+//                     group's first head: every element of dqkv is written, the input is never
+//                     read)
 // Masked entries (key > query) get P = 0 and dS = 0 exactly. The GEMMs compute the whole square
 // (the masked half too, as PyTorch's eager path does): about 2x the causal FLOPs, at cuBLAS speed.
 //
@@ -44,6 +52,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "kernels/bf16.h"
@@ -189,23 +199,33 @@ struct Operand {
 
 // The problem and its chunking over sequences.
 struct Plan {
-  int B, T, NH, HD;
+  int B, T, NH, NKV, HD;
+  int R;            // query heads per group, NH / NKV
   float scale;
   size_t tt;        // T * T
   size_t per_seq;   // NH * T * T floats of one sequence's score matrices
   int chunk;        // sequences per chunk
   size_t buf;       // elements per scratch buffer (chunk * per_seq, rounded up to 64)
-  int ldq() const { return NH * 3 * HD; }  // row stride of q, k, v and of dqkv
-  int ldo() const { return NH * HD; }      // row stride of out and dout
-  // q (w = 0), k (1) or v (2) of head 0 of sequence b, in qkv or dqkv
-  size_t qkv_off(int b, int w) const { return static_cast<size_t>(b) * T * ldq() + static_cast<size_t>(w) * HD; }
-  size_t out_off(int b) const { return static_cast<size_t>(b) * T * ldo(); }
+  int ldq() const { return (NH + 2 * NKV) * HD; }  // row stride of q, k, v and of dqkv
+  int ldo() const { return NH * HD; }              // row stride of out and dout
+  long long gs() const { return static_cast<long long>(R + 2) * HD; }  // group to group in qkv
+  // q of the r-th head of group 0 (w = 0), k (w = 1) or v (w = 2) of group 0, of sequence b, in
+  // qkv or dqkv
+  size_t qkv_off(int b, int w, int r = 0) const {
+    return static_cast<size_t>(b) * T * ldq() + static_cast<size_t>(w == 0 ? r : R + w - 1) * HD;
+  }
+  // the r-th head of group 0 of sequence b, in out or dout
+  size_t out_off(int b, int r = 0) const { return static_cast<size_t>(b) * T * ldo() + static_cast<size_t>(r) * HD; }
   size_t qkv_elems() const { return static_cast<size_t>(B) * T * ldq(); }
   size_t out_elems() const { return static_cast<size_t>(B) * T * ldo(); }
 };
 
-Plan make_plan(int B, int T, int NH, int HD) {
-  Plan p{B, T, NH, HD, 1.0f / sqrtf(static_cast<float>(HD)), 0, 0, 0, 0};
+Plan make_plan(int B, int T, int NH, int NKV, int HD) {
+  if (NKV <= 0 || NH % NKV != 0)
+    throw std::invalid_argument("cuda attention: NH = " + std::to_string(NH) +
+                                " query heads are not a multiple of NKV = " + std::to_string(NKV) +
+                                " key/value heads");
+  Plan p{B, T, NH, NKV, HD, NH / NKV, 1.0f / sqrtf(static_cast<float>(HD)), 0, 0, 0, 0};
   p.tt = static_cast<size_t>(T) * T;
   p.per_seq = static_cast<size_t>(NH) * p.tt;
   const size_t total = p.per_seq * B;
@@ -223,9 +243,10 @@ thread_local DeviceScratch attn_bf16_scratch;  // bf16 mode: P (, dS) of a chunk
 
 unsigned row_blocks(size_t rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
-void forward_impl(bool bf16, float* out, float* lse, const float* qkv, int B, int T, int NH, int HD) {
+void forward_impl(bool bf16, float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                  int HD) {
   if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
-  const Plan p = make_plan(B, T, NH, HD);
+  const Plan p = make_plan(B, T, NH, NKV, HD);
   float* S = attn_scratch.get<float>(p.buf);
   // bf16: [P of a chunk | rounded qkv]
   __nv_bfloat16* Pb = nullptr;
@@ -237,15 +258,19 @@ void forward_impl(bool bf16, float* out, float* lse, const float* qkv, int B, in
     in = {qkv_b, true};
     P = {Pb, true};
   }
-  const long long tt = static_cast<long long>(p.tt), hs = 3LL * HD;
+  // batch = the NKV groups; strides from group to group: gs in qkv, R heads in S/P and out
+  const int R = p.R;
+  const long long tt = static_cast<long long>(p.tt), gs = p.gs(), st = R * tt, os = static_cast<long long>(R) * HD;
   for (int b0 = 0; b0 < B; b0 += p.chunk) {
     const int nb = std::min(p.chunk, B - b0);
-    // S = scale Q K^T for every head of the chunk
-    for (int i = 0; i < nb; ++i) {
-      const int b = b0 + i;
-      gemm_batched(bf16, false, true, T, T, HD, p.scale, in.at(p.qkv_off(b, 0)), p.ldq(), hs,
-                   in.at(p.qkv_off(b, 1)), p.ldq(), hs, 0.0f, S + i * p.per_seq, T, tt, NH);
-    }
+    // S = scale Q K^T for every head of the chunk (head g R + r at S + (g R + r) T^2)
+    for (int i = 0; i < nb; ++i)
+      for (int r = 0; r < R; ++r) {
+        const int b = b0 + i;
+        gemm_batched(bf16, false, true, T, T, HD, p.scale, in.at(p.qkv_off(b, 0, r)), p.ldq(), gs,
+                     in.at(p.qkv_off(b, 1)), p.ldq(), gs, 0.0f, S + i * p.per_seq + r * tt, T, st,
+                     NKV);
+      }
     const size_t rows = static_cast<size_t>(nb) * NH * T;
     float* lse_c = lse + static_cast<size_t>(b0) * NH * T;
     if (bf16)
@@ -254,18 +279,20 @@ void forward_impl(bool bf16, float* out, float* lse, const float* qkv, int B, in
       causal_softmax_k<false><<<row_blocks(rows), kRowThreads>>>(S, nullptr, lse_c, static_cast<int>(rows), T);
     check_launch("causal_softmax");
     // O = P V, into out's [B, T, NH, HD] layout
-    for (int i = 0; i < nb; ++i) {
-      const int b = b0 + i;
-      gemm_batched(bf16, false, false, T, HD, T, 1.0f, P.at(i * p.per_seq), T, tt,
-                   in.at(p.qkv_off(b, 2)), p.ldq(), hs, 0.0f, out + p.out_off(b), p.ldo(), HD, NH);
-    }
+    for (int i = 0; i < nb; ++i)
+      for (int r = 0; r < R; ++r) {
+        const int b = b0 + i;
+        gemm_batched(bf16, false, false, T, HD, T, 1.0f, P.at(i * p.per_seq + r * p.tt), T, st,
+                     in.at(p.qkv_off(b, 2)), p.ldq(), gs, 0.0f, out + p.out_off(b, r), p.ldo(), os,
+                     NKV);
+      }
   }
 }
 
 void backward_impl(bool bf16, float* dqkv, const float* dout, const float* qkv, const float* out,
-                   const float* lse, int B, int T, int NH, int HD) {
+                   const float* lse, int B, int T, int NH, int NKV, int HD) {
   if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
-  const Plan p = make_plan(B, T, NH, HD);
+  const Plan p = make_plan(B, T, NH, NKV, HD);
   float* P = attn_scratch.get<float>(2 * p.buf);
   float* dP = P + p.buf;
   // bf16: [P of a chunk | dS of a chunk | rounded qkv | rounded dout]
@@ -283,17 +310,21 @@ void backward_impl(bool bf16, float* dqkv, const float* dout, const float* qkv, 
     Pop = {Pb, true};
     dSop = {dSb, true};
   }
-  const long long tt = static_cast<long long>(p.tt), hs = 3LL * HD;
+  // batch = the NKV groups, as in forward_impl
+  const int R = p.R;
+  const long long tt = static_cast<long long>(p.tt), gs = p.gs(), st = R * tt, os = static_cast<long long>(R) * HD;
   for (int b0 = 0; b0 < B; b0 += p.chunk) {
     const int nb = std::min(p.chunk, B - b0);
-    for (int i = 0; i < nb; ++i) {
-      const int b = b0 + i;
-      // S = scale Q K^T (into P), dP = dO V^T
-      gemm_batched(bf16, false, true, T, T, HD, p.scale, in.at(p.qkv_off(b, 0)), p.ldq(), hs,
-                   in.at(p.qkv_off(b, 1)), p.ldq(), hs, 0.0f, P + i * p.per_seq, T, tt, NH);
-      gemm_batched(bf16, false, true, T, T, HD, 1.0f, go.at(p.out_off(b)), p.ldo(), HD,
-                   in.at(p.qkv_off(b, 2)), p.ldq(), hs, 0.0f, dP + i * p.per_seq, T, tt, NH);
-    }
+    for (int i = 0; i < nb; ++i)
+      for (int r = 0; r < R; ++r) {
+        const int b = b0 + i;
+        const size_t sc = i * p.per_seq + r * p.tt;
+        // S = scale Q K^T (into P), dP = dO V^T
+        gemm_batched(bf16, false, true, T, T, HD, p.scale, in.at(p.qkv_off(b, 0, r)), p.ldq(), gs,
+                     in.at(p.qkv_off(b, 1)), p.ldq(), gs, 0.0f, P + sc, T, st, NKV);
+        gemm_batched(bf16, false, true, T, T, HD, 1.0f, go.at(p.out_off(b, r)), p.ldo(), os,
+                     in.at(p.qkv_off(b, 2)), p.ldq(), gs, 0.0f, dP + sc, T, st, NKV);
+      }
     const size_t rows = static_cast<size_t>(nb) * NH * T;
     if (bf16)
       softmax_backward_k<__nv_bfloat16><<<row_blocks(rows), kRowThreads>>>(
@@ -302,41 +333,46 @@ void backward_impl(bool bf16, float* dqkv, const float* dout, const float* qkv, 
       softmax_backward_k<float><<<row_blocks(rows), kRowThreads>>>(
           P, dP, nullptr, nullptr, lse, dout, out, static_cast<int>(rows), b0 * NH, T, NH, HD);
     check_launch("attention softmax_backward");
-    for (int i = 0; i < nb; ++i) {
-      const int b = b0 + i;
-      const void* q = in.at(p.qkv_off(b, 0));
-      const void* k = in.at(p.qkv_off(b, 1));
-      const void* Pi = Pop.at(i * p.per_seq);
-      const void* dSi = dSop.at(i * p.per_seq);
-      // dV = P^T dO, dQ = scale dS K, dK = scale dS^T Q, each overwriting its slice of dqkv
-      gemm_batched(bf16, true, false, T, HD, T, 1.0f, Pi, T, tt, go.at(p.out_off(b)), p.ldo(), HD,
-                   0.0f, dqkv + p.qkv_off(b, 2), p.ldq(), hs, NH);
-      gemm_batched(bf16, false, false, T, HD, T, p.scale, dSi, T, tt, k, p.ldq(), hs, 0.0f,
-                   dqkv + p.qkv_off(b, 0), p.ldq(), hs, NH);
-      gemm_batched(bf16, true, false, T, HD, T, p.scale, dSi, T, tt, q, p.ldq(), hs, 0.0f,
-                   dqkv + p.qkv_off(b, 1), p.ldq(), hs, NH);
-    }
+    for (int i = 0; i < nb; ++i)
+      for (int r = 0; r < R; ++r) {
+        const int b = b0 + i;
+        const void* q = in.at(p.qkv_off(b, 0, r));
+        const void* k = in.at(p.qkv_off(b, 1));
+        const void* Pi = Pop.at(i * p.per_seq + r * p.tt);
+        const void* dSi = dSop.at(i * p.per_seq + r * p.tt);
+        // dV = P^T dO, dQ = scale dS K, dK = scale dS^T Q: dQ overwrites its slice of dqkv; dV
+        // and dK overwrite theirs at r = 0 and accumulate the group's other heads in order
+        const float acc = r == 0 ? 0.0f : 1.0f;
+        gemm_batched(bf16, true, false, T, HD, T, 1.0f, Pi, T, st, go.at(p.out_off(b, r)), p.ldo(),
+                     os, acc, dqkv + p.qkv_off(b, 2), p.ldq(), gs, NKV);
+        gemm_batched(bf16, false, false, T, HD, T, p.scale, dSi, T, st, k, p.ldq(), gs, 0.0f,
+                     dqkv + p.qkv_off(b, 0, r), p.ldq(), gs, NKV);
+        gemm_batched(bf16, true, false, T, HD, T, p.scale, dSi, T, st, q, p.ldq(), gs, acc,
+                     dqkv + p.qkv_off(b, 1), p.ldq(), gs, NKV);
+      }
   }
 }
 
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD) {
-  forward_impl(false, out, lse, qkv, B, T, NH, HD);
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                       int HD) {
+  forward_impl(false, out, lse, qkv, B, T, NH, NKV, HD);
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int NH, int HD) {
-  backward_impl(false, dqkv, dout, qkv, out, lse, B, T, NH, HD);
+                        const float* lse, int B, int T, int NH, int NKV, int HD) {
+  backward_impl(false, dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD);
 }
 
-void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD) {
-  forward_impl(true, out, lse, qkv, B, T, NH, HD);
+void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                            int HD) {
+  forward_impl(true, out, lse, qkv, B, T, NH, NKV, HD);
 }
 
 void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* out,
-                             const float* lse, int B, int T, int NH, int HD) {
-  backward_impl(true, dqkv, dout, qkv, out, lse, B, T, NH, HD);
+                             const float* lse, int B, int T, int NH, int NKV, int HD) {
+  backward_impl(true, dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD);
 }
 
 }  // namespace lossytp::cuda

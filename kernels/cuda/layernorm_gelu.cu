@@ -14,7 +14,7 @@ __device__ float warp_sum(float v) {
 }
 
 __global__ void layernorm_forward_k(float* out, float* mean, float* rstd, const float* inp,
-                                    const float* w, const float* b, int N, int C) {
+                                    const float* w, const float* b, int N, int C, float eps) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
   const float* x = inp + static_cast<size_t>(row) * C;
@@ -23,7 +23,7 @@ __global__ void layernorm_forward_k(float* out, float* mean, float* rstd, const 
   const float m = warp_sum(s) / C;
   float v = 0.0f;
   for (int c = lane; c < C; c += 32) v += (x[c] - m) * (x[c] - m);
-  const float r = rsqrtf(warp_sum(v) / C + 1e-5f);
+  const float r = rsqrtf(warp_sum(v) / C + eps);
   float* y = out + static_cast<size_t>(row) * C;
   for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * r * w[c] + b[c];
   if (lane == 0) {
@@ -89,8 +89,8 @@ __global__ void gelu_backward_k(float* dinp, const float* inp, const float* dout
 }  // namespace
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C) {
-  layernorm_forward_k<<<blocks_for(static_cast<size_t>(N) * 32), kThreads>>>(out, mean, rstd, inp, weight, bias, N, C);
+                       const float* weight, const float* bias, int N, int C, float eps) {
+  layernorm_forward_k<<<blocks_for(static_cast<size_t>(N) * 32), kThreads>>>(out, mean, rstd, inp, weight, bias, N, C, eps);
   check_launch("layernorm_forward");
 }
 

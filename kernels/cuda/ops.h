@@ -26,6 +26,7 @@ void to_device(void* dst, const void* src, size_t bytes);
 void to_host(void* dst, const void* src, size_t bytes);
 void synchronize();  // also reports an error raised by an earlier kernel
 int device_count();      // 0 without a driver or GPU
+size_t free_memory_bytes();  // free memory of the current device (cudaMemGetInfo)
 void set_device(int device);  // this host thread's current device
 int current_device();
 // bytes between any two buffers (host or device, cudaMemcpyDefault: unified addressing tells
@@ -44,17 +45,20 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
 
 // ---- LayerNorm, GELU
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C);
+                       const float* weight, const float* bias, int N, int C, float eps);
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean,
                         const float* rstd, int N, int C);
 void gelu_forward(float* out, const float* inp, size_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
 
-// ---- causal attention, qkv [B, T, NH, 3, HD], out [B, T, NH, HD], lse [B, NH, T]
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD);
+// ---- causal attention, NH query heads sharing NKV key/value heads (GQA; NKV = NH: multi-head),
+// qkv [B, T, NKV, NH/NKV + 2, HD] (Megatron's grouped fused QKV, kernels/cpu/ops.h),
+// out [B, T, NH, HD], lse [B, NH, T]; dqkv OVERWRITTEN, a group's dk/dv summed over its heads.
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                       int HD);
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int NH, int HD);
+                        const float* lse, int B, int T, int NH, int NKV, int HD);
 
 // ---- embeddings
 void embedding_forward(float* out, const int32_t* tok, const float* table, int N, int C,
@@ -88,9 +92,22 @@ void bias_add(float* y, const float* b, int N, int C);
 void bias_grad(float* db, const float* dy, int N, int C);
 void copy_cols(float* dst, int ldd, const float* src, int lds, int N, int w);
 void scale_cols(float* x, int N, int C, int c0, float s);
+void fill_cols(float* x, int N, int ld, int c0, int c1, float v);
 // Host values of device reductions (one device-to-host copy each), fixed order.
 double sum(const float* x, size_t n);
 double sum_squares(const std::vector<std::pair<const float*, size_t>>& spans);
+
+// ---- Llama: RMSNorm, rotary embedding, SwiGLU (kernels/cuda/rmsnorm_rope_swiglu.cu)
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+                     float eps);
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                      const float* weight, const float* rstd, int N, int C);
+void rope_forward(float* qkv, const float* cos, const float* sin, int B, int T, int NH, int NKV,
+                  int HD, int rot_dim);
+void rope_backward(float* dqkv, const float* cos, const float* sin, int B, int T, int NH, int NKV,
+                   int HD, int rot_dim);
+void swiglu_forward(float* out, const float* inp, int N, int F);
+void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F);
 
 // ---- network-model work on the device: the same per-packet functions as the CPU
 // (kernels/packet_rng.h), so a mask drawn here is bit-identical to the CPU's.
@@ -124,9 +141,10 @@ void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float
 // rounded to bf16 (kernels/bf16.h) before their GEMMs; S, dP, O, dQ, dK, dV, the softmax, lse
 // and D = rowsum(dO * O) (with the rounded dO) are fp32. kernels/cpu/ops.h's
 // attention_forward_bf16/backward_bf16 is the CPU twin, within bf16 rounding (it rounds no P/dS).
-void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD);
+void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                            int HD);
 void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* out,
-                             const float* lse, int B, int T, int NH, int HD);
+                             const float* lse, int B, int T, int NH, int NKV, int HD);
 
 }  // namespace lossytp::cuda
 // ==== end of bf16 GEMMs ===========================================================================

@@ -51,6 +51,12 @@ int device_count() {
   return n;
 }
 
+size_t free_memory_bytes() {
+  size_t free = 0, total = 0;
+  check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  return free;
+}
+
 void set_device(int device) {
   check_cuda(cudaSetDevice(device), ("cudaSetDevice(" + std::to_string(device) + ")").c_str());
 }

@@ -34,4 +34,21 @@ inline TrainConfig small_config(int tp, int dp, int micro, int global, int iters
   return c;
 }
 
+// The same with llama-tiny's parts (8 heads, 4 query groups, RMSNorm, RoPE, SwiGLU, untied
+// output, no biases) at the small size.
+inline TrainConfig small_llama_config(int tp, int dp, int micro, int global, int iters) {
+  TrainConfig c = small_config(tp, dp, micro, global, iters);
+  c.model_preset = "test-small-llama";
+  c.model.num_attention_heads = 8;
+  c.model.group_query_attention = true;
+  c.model.num_query_groups = 4;
+  c.model.ffn_hidden_size = 176;
+  c.model.normalization = "RMSNorm";
+  c.model.position_embedding_type = "rope";
+  c.model.swiglu = true;
+  c.model.add_bias_linear = false;
+  c.model.untie_embeddings_and_output_weights = true;
+  return c;
+}
+
 }  // namespace lossytp::testing

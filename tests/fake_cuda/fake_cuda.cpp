@@ -272,6 +272,7 @@ namespace lossytp::cuda {
 bool device_available() { return true; }
 std::string device_name() { return "fake-cuda (host memory)"; }
 int device_count() { return 1; }
+size_t free_memory_bytes() { return size_t{1} << 36; }
 void set_device(int device) {
   if (device != 0)
     throw std::runtime_error("CUDA error in cudaSetDevice(" + std::to_string(device) +
@@ -433,7 +434,7 @@ void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float
 
 // ---- LayerNorm, GELU (the real kernels write and read every one of these pointers)
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C) {
+                       const float* weight, const float* bias, int N, int C, float eps) {
   Call c("layernorm_forward");
   c.dev("out", out, F * prod(N, C));
   c.dev("mean", mean, F * n_of(N));
@@ -444,7 +445,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
     c.dev("bias", bias, F * n_of(C));
   }
   c.go();
-  cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+  cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps);
 }
 
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -482,49 +483,123 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   cpu::gelu_backward(dinp, inp, dout, n);
 }
 
-// ---- attention (fp32 and bf16 operands: the same pointers)
-namespace {
-void attention_fwd(const char* fn, bool bf16, float* out, float* lse, const float* qkv, int B, int T,
-                   int NH, int HD) {
-  Call c(fn);
-  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
-  const size_t bt = prod(B, T), heads = prod(NH, HD);
-  c.dev("out", out, F * bt * heads);
-  c.dev("lse", lse, F * bt * n_of(NH));
-  c.dev("qkv", qkv, F * bt * heads * 3);
+// ---- Llama: RMSNorm, rotary embedding, SwiGLU
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+                     float eps) {
+  Call c("rmsnorm_forward");
+  if (prod(N, C) == 0) return;
+  c.dev("out", out, F * prod(N, C));
+  c.opt("rstd", rstd, F * n_of(N));
+  c.dev("inp", inp, F * prod(N, C));
+  c.dev("weight", weight, F * n_of(C));
   c.go();
-  if (bf16) cpu::attention_forward_bf16(out, lse, qkv, B, T, NH, HD);
-  else cpu::attention_forward(out, lse, qkv, B, T, NH, HD);
+  cpu::rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
 }
-void attention_bwd(const char* fn, bool bf16, float* dqkv, const float* dout, const float* qkv,
-                   const float* out, const float* lse, int B, int T, int NH, int HD) {
-  Call c(fn);
-  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
-  const size_t bt = prod(B, T), heads = prod(NH, HD);
-  c.dev("dqkv", dqkv, F * bt * heads * 3);
-  c.dev("dout", dout, F * bt * heads);
-  c.dev("qkv", qkv, F * bt * heads * 3);
-  c.dev("out", out, F * bt * heads);
-  c.dev("lse", lse, F * bt * n_of(NH));
+
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                      const float* weight, const float* rstd, int N, int C) {
+  Call c("rmsnorm_backward");
+  if (prod(N, C) == 0 || (dinp == nullptr && dweight == nullptr)) return;
+  c.opt("dinp", dinp, F * prod(N, C));
+  c.opt("dweight", dweight, F * n_of(C));
+  c.dev("dout", dout, F * prod(N, C));
+  c.dev("inp", inp, F * prod(N, C));
+  if (dinp) c.dev("weight", weight, F * n_of(C));
+  c.dev("rstd", rstd, F * n_of(N));
   c.go();
-  if (bf16) cpu::attention_backward_bf16(dqkv, dout, qkv, out, lse, B, T, NH, HD);
-  else cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, NH, HD);
+  cpu::rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C);
+}
+
+namespace {
+void rope(const char* fn, bool backward, float* qkv, const float* cos, const float* sin, int B,
+          int T, int NH, int NKV, int HD, int rot_dim) {
+  Call c(fn);
+  if (rot_dim > 0 && rot_dim <= HD) {  // else nothing is touched (or the CPU twin throws)
+    c.dev("qkv", qkv, F * prod(B, T) * prod(NH + 2 * NKV, HD));
+    c.dev("cos", cos, F * prod(T, rot_dim / 2));
+    c.dev("sin", sin, F * prod(T, rot_dim / 2));
+  }
+  c.go();
+  if (backward) cpu::rope_backward(qkv, cos, sin, B, T, NH, NKV, HD, rot_dim);
+  else cpu::rope_forward(qkv, cos, sin, B, T, NH, NKV, HD, rot_dim);
 }
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD) {
-  attention_fwd("attention_forward", false, out, lse, qkv, B, T, NH, HD);
+void rope_forward(float* qkv, const float* cos, const float* sin, int B, int T, int NH, int NKV,
+                  int HD, int rot_dim) {
+  rope("rope_forward", false, qkv, cos, sin, B, T, NH, NKV, HD, rot_dim);
+}
+
+void rope_backward(float* dqkv, const float* cos, const float* sin, int B, int T, int NH, int NKV,
+                   int HD, int rot_dim) {
+  rope("rope_backward", true, dqkv, cos, sin, B, T, NH, NKV, HD, rot_dim);
+}
+
+void swiglu_forward(float* out, const float* inp, int N, int F_) {
+  Call c("swiglu_forward");
+  if (prod(N, F_) == 0) return;
+  c.dev("out", out, F * prod(N, F_));
+  c.dev("inp", inp, F * prod(N, 2 * static_cast<long long>(F_)));
+  c.go();
+  cpu::swiglu_forward(out, inp, N, F_);
+}
+
+void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F_) {
+  Call c("swiglu_backward");
+  if (prod(N, F_) == 0) return;
+  c.dev("dinp", dinp, F * prod(N, 2 * static_cast<long long>(F_)));
+  c.dev("inp", inp, F * prod(N, 2 * static_cast<long long>(F_)));
+  c.dev("dout", dout, F * prod(N, F_));
+  c.go();
+  cpu::swiglu_backward(dinp, inp, dout, N, F_);
+}
+
+// ---- attention (fp32 and bf16 operands: the same pointers)
+namespace {
+// qkv/dqkv: (NH + 2 NKV) HD floats a token (grouped layout); out/dout: NH HD.
+void attention_fwd(const char* fn, bool bf16, float* out, float* lse, const float* qkv, int B, int T,
+                   int NH, int NKV, int HD) {
+  Call c(fn);
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const size_t bt = prod(B, T), heads = prod(NH, HD), qkv_tok = prod(NH + 2 * NKV, HD);
+  c.dev("out", out, F * bt * heads);
+  c.dev("lse", lse, F * bt * n_of(NH));
+  c.dev("qkv", qkv, F * bt * qkv_tok);
+  c.go();
+  if (bf16) cpu::attention_forward_bf16(out, lse, qkv, B, T, NH, NKV, HD);
+  else cpu::attention_forward(out, lse, qkv, B, T, NH, NKV, HD);
+}
+void attention_bwd(const char* fn, bool bf16, float* dqkv, const float* dout, const float* qkv,
+                   const float* out, const float* lse, int B, int T, int NH, int NKV, int HD) {
+  Call c(fn);
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const size_t bt = prod(B, T), heads = prod(NH, HD), qkv_tok = prod(NH + 2 * NKV, HD);
+  c.dev("dqkv", dqkv, F * bt * qkv_tok);
+  c.dev("dout", dout, F * bt * heads);
+  c.dev("qkv", qkv, F * bt * qkv_tok);
+  c.dev("out", out, F * bt * heads);
+  c.dev("lse", lse, F * bt * n_of(NH));
+  c.go();
+  if (bf16) cpu::attention_backward_bf16(dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD);
+  else cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD);
+}
+}  // namespace
+
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                       int HD) {
+  attention_fwd("attention_forward", false, out, lse, qkv, B, T, NH, NKV, HD);
 }
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int NH, int HD) {
-  attention_bwd("attention_backward", false, dqkv, dout, qkv, out, lse, B, T, NH, HD);
+                        const float* lse, int B, int T, int NH, int NKV, int HD) {
+  attention_bwd("attention_backward", false, dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD);
 }
-void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int HD) {
-  attention_fwd("attention_forward_bf16", true, out, lse, qkv, B, T, NH, HD);
+void attention_forward_bf16(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                            int HD) {
+  attention_fwd("attention_forward_bf16", true, out, lse, qkv, B, T, NH, NKV, HD);
 }
 void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* out,
-                             const float* lse, int B, int T, int NH, int HD) {
-  attention_bwd("attention_backward_bf16", true, dqkv, dout, qkv, out, lse, B, T, NH, HD);
+                             const float* lse, int B, int T, int NH, int NKV, int HD) {
+  attention_bwd("attention_backward_bf16", true, dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD);
 }
 
 // ---- embeddings
@@ -704,6 +779,14 @@ void scale_cols(float* x, int N, int C, int c0, float s) {
   c.dev("x", x, F * prod(N, C));
   c.go();
   cpu::scale_cols(x, N, C, c0, s);
+}
+
+void fill_cols(float* x, int N, int ld, int c0, int c1, float v) {
+  Call c("fill_cols");
+  if (N <= 0 || c0 >= c1) return;
+  c.dev("x", x + c0, F * mat(N, c1 - c0, ld));
+  c.go();
+  cpu::fill_cols(x, N, ld, c0, c1, v);
 }
 
 double sum(const float* x, size_t n) {

@@ -43,31 +43,37 @@ struct AttnResult {
   std::vector<float> out, lse, dqkv;
 };
 
+// NKV: key/value heads (GQA), 0 for NH (multi-head); qkv in the grouped layout, (NH + 2 NKV) HD
+// floats a token.
 AttnResult cpu_attention(const std::vector<float>& qkv, const std::vector<float>& dout, int B, int T,
-                         int NH, int HD) {
+                         int NH, int HD, int NKV = 0) {
+  if (NKV == 0) NKV = NH;
   AttnResult r{std::vector<float>(dout.size()), std::vector<float>(size_t(B) * NH * T),
                std::vector<float>(qkv.size())};
-  cpu::attention_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, NH, HD);
-  cpu::attention_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B, T, NH, HD);
+  cpu::attention_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, NH, NKV, HD);
+  cpu::attention_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B, T,
+                          NH, NKV, HD);
   return r;
 }
 
 // dqkv starts as NaN: it must be overwritten everywhere.
 AttnResult gpu_attention(const std::vector<float>& qkv, const std::vector<float>& dout, int B, int T,
-                         int NH, int HD) {
+                         int NH, int HD, int NKV = 0) {
+  if (NKV == 0) NKV = NH;
   Dev<float> gqkv(qkv), gdout(dout), gout(dout.size()), glse(size_t(B) * NH * T),
       gdqkv(std::vector<float>(qkv.size(), NAN));
-  cuda::attention_forward(gout.p, glse.p, gqkv.p, B, T, NH, HD);
-  cuda::attention_backward(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, HD);
+  cuda::attention_forward(gout.p, glse.p, gqkv.p, B, T, NH, NKV, HD);
+  cuda::attention_backward(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, NKV, HD);
   return {gout.host(), glse.host(), gdqkv.host()};
 }
 
-void check_attention(int B, int T, int NH, int HD) {
-  INFO("B " << B << " T " << T << " NH " << NH << " HD " << HD);
-  const size_t nqkv = size_t(B) * T * NH * 3 * HD, no = size_t(B) * T * NH * HD;
+void check_attention(int B, int T, int NH, int HD, int NKV = 0) {
+  if (NKV == 0) NKV = NH;
+  INFO("B " << B << " T " << T << " NH " << NH << " NKV " << NKV << " HD " << HD);
+  const size_t nqkv = size_t(B) * T * (NH + 2 * NKV) * HD, no = size_t(B) * T * NH * HD;
   const auto qkv = gauss(nqkv, 100 + T, 1.0f), dout = gauss(no, 200 + T);
-  const AttnResult c = cpu_attention(qkv, dout, B, T, NH, HD);
-  const AttnResult g = gpu_attention(qkv, dout, B, T, NH, HD);
+  const AttnResult c = cpu_attention(qkv, dout, B, T, NH, HD, NKV);
+  const AttnResult g = gpu_attention(qkv, dout, B, T, NH, HD, NKV);
   CHECK(rdiff(g.out, c.out) < 1e-5);
   CHECK(rdiff(g.lse, c.lse) < 1e-5);
   CHECK(rdiff(g.dqkv, c.dqkv) < 1e-4);
@@ -215,21 +221,23 @@ double rel_to_max(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 AttnResult gpu_attention_bf16(const std::vector<float>& qkv, const std::vector<float>& dout, int B,
-                              int T, int NH, int HD) {
+                              int T, int NH, int HD, int NKV = 0) {
+  if (NKV == 0) NKV = NH;
   Dev<float> gqkv(qkv), gdout(dout), gout(std::vector<float>(dout.size(), NAN)),
       glse(std::vector<float>(size_t(B) * NH * T, NAN)), gdqkv(std::vector<float>(qkv.size(), NAN));
-  cuda::attention_forward_bf16(gout.p, glse.p, gqkv.p, B, T, NH, HD);
-  cuda::attention_backward_bf16(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, HD);
+  cuda::attention_forward_bf16(gout.p, glse.p, gqkv.p, B, T, NH, NKV, HD);
+  cuda::attention_backward_bf16(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, NKV, HD);
   return {gout.host(), glse.host(), gdqkv.host()};
 }
 
 AttnResult cpu_attention_bf16(const std::vector<float>& qkv, const std::vector<float>& dout, int B,
-                              int T, int NH, int HD) {
+                              int T, int NH, int HD, int NKV = 0) {
+  if (NKV == 0) NKV = NH;
   AttnResult r{std::vector<float>(dout.size()), std::vector<float>(size_t(B) * NH * T),
                std::vector<float>(qkv.size())};
-  cpu::attention_forward_bf16(r.out.data(), r.lse.data(), qkv.data(), B, T, NH, HD);
+  cpu::attention_forward_bf16(r.out.data(), r.lse.data(), qkv.data(), B, T, NH, NKV, HD);
   cpu::attention_backward_bf16(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B,
-                               T, NH, HD);
+                               T, NH, NKV, HD);
   return r;
 }
 
@@ -239,26 +247,27 @@ AttnResult cpu_attention_bf16(const std::vector<float>& qkv, const std::vector<f
 // products are exact: only the tensor cores' additions differ (1e-4).
 constexpr double kBf16Tol = 2e-2;
 
-void check_attention_bf16(int B, int T, int NH, int HD, bool with_cpu = true) {
-  INFO("bf16 attention: B " << B << " T " << T << " NH " << NH << " HD " << HD);
-  const size_t nqkv = size_t(B) * T * NH * 3 * HD, no = size_t(B) * T * NH * HD;
+void check_attention_bf16(int B, int T, int NH, int HD, bool with_cpu = true, int NKV = 0) {
+  if (NKV == 0) NKV = NH;
+  INFO("bf16 attention: B " << B << " T " << T << " NH " << NH << " NKV " << NKV << " HD " << HD);
+  const size_t nqkv = size_t(B) * T * (NH + 2 * NKV) * HD, no = size_t(B) * T * NH * HD;
   const auto qkv = gauss(nqkv, 500 + T, 1.0f), dout = gauss(no, 600 + T);
-  const AttnResult g = gpu_attention_bf16(qkv, dout, B, T, NH, HD);
+  const AttnResult g = gpu_attention_bf16(qkv, dout, B, T, NH, HD, NKV);
   // the CUDA fp32 attention on pre-rounded inputs
-  const AttnResult f = gpu_attention(bf16_rounded(qkv), bf16_rounded(dout), B, T, NH, HD);
+  const AttnResult f = gpu_attention(bf16_rounded(qkv), bf16_rounded(dout), B, T, NH, HD, NKV);
   CHECK(rel_to_max(g.out, f.out) < kBf16Tol);
   CHECK(rel_to_max(g.lse, f.lse) < 1e-4);
   CHECK(rel_to_max(g.dqkv, f.dqkv) < kBf16Tol);
   // the CPU emulation (rounds q, k, v, dout, not P and dS)
   if (with_cpu) {
-    const AttnResult c = cpu_attention_bf16(qkv, dout, B, T, NH, HD);
+    const AttnResult c = cpu_attention_bf16(qkv, dout, B, T, NH, HD, NKV);
     CHECK(rel_to_max(g.out, c.out) < kBf16Tol);
     CHECK(rel_to_max(g.lse, c.lse) < 1e-4);
     CHECK(rel_to_max(g.dqkv, c.dqkv) < kBf16Tol);
   }
   // and it is not the fp32 attention on unrounded inputs
   if (T > 1) {
-    const AttnResult u = gpu_attention(qkv, dout, B, T, NH, HD);
+    const AttnResult u = gpu_attention(qkv, dout, B, T, NH, HD, NKV);
     CHECK(rel_to_max(g.dqkv, u.dqkv) > 1e-6);
   }
 }
@@ -325,4 +334,41 @@ TEST_CASE("bf16 attention: scratch reuse, determinism and threads", "[gpu][bf16]
     CHECK(got[s].lse == want[s].lse);
     CHECK(got[s].dqkv == want[s].dqkv);
   }
+}
+
+// ==== grouped-query attention (NKV < NH key/value heads) =========================================
+
+TEST_CASE("cuBLAS attention with grouped-query heads (GQA) matches the CPU", "[gpu][attention][gqa]") {
+  check_attention(2, 100, 4, 32, 2);   // 2 heads a group, T no multiple of 64
+  check_attention(2, 100, 8, 32, 1);   // one k/v head for all (multi-query)
+  check_attention(1, 129, 8, 64, 2);   // 4 heads a group
+  check_attention(3, 70, 6, 48, 3);    // HD no multiple of 32
+  check_attention(1, 40, 4, 3, 2);     // tiny odd HD
+  check_attention(1, 1, 4, 8, 1);      // one token
+  check_attention(2, 1200, 8, 16, 2);  // scores of more than one chunk
+}
+
+TEST_CASE("GQA attention on the GPU is deterministic and overwrites dqkv", "[gpu][attention][gqa]") {
+  // the group's dK and dV accumulate over its heads with beta = 1 GEMMs: the same bits every
+  // time, and the NaN that gpu_attention puts in dqkv first must not survive
+  const int B = 2, T = 90, NH = 8, NKV = 2, HD = 32;
+  const auto qkv = gauss(size_t(B) * T * (NH + 2 * NKV) * HD, 31), dout = gauss(size_t(B) * T * NH * HD, 32);
+  const AttnResult a = gpu_attention(qkv, dout, B, T, NH, HD, NKV);
+  const AttnResult again = gpu_attention(qkv, dout, B, T, NH, HD, NKV);
+  CHECK(a.out == again.out);
+  CHECK(a.lse == again.lse);
+  CHECK(a.dqkv == again.dqkv);
+  CHECK(std::none_of(a.dqkv.begin(), a.dqkv.end(), [](float x) { return std::isnan(x); }));
+  const AttnResult b = gpu_attention_bf16(qkv, dout, B, T, NH, HD, NKV);
+  const AttnResult b2 = gpu_attention_bf16(qkv, dout, B, T, NH, HD, NKV);
+  CHECK(b.dqkv == b2.dqkv);
+}
+
+TEST_CASE("bf16 GQA attention matches fp32 on rounded inputs and the CPU emulation", "[gpu][bf16][attention][gqa]") {
+  check_attention_bf16(2, 100, 4, 32, true, 2);
+  check_attention_bf16(2, 100, 8, 32, true, 1);
+  check_attention_bf16(1, 129, 8, 64, true, 2);
+  check_attention_bf16(3, 70, 6, 48, true, 3);
+  check_attention_bf16(1, 40, 4, 3, true, 2);
+  check_attention_bf16(2, 256, 8, 64, true, 2);
 }

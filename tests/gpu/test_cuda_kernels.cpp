@@ -65,10 +65,10 @@ TEST_CASE("layernorm and gelu match the CPU", "[gpu]") {
   const int N = 33, C = 96;
   auto x = randn(N * C, 5, 2.0f), w = randn(C, 6), b = randn(C, 7), dy = randn(N * C, 8);
   std::vector<float> y(N * C), mean(N), rstd(N), dx(N * C, 0.1f), dw(C), db(C);
-  cpu::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  cpu::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, 1e-5f);
   cpu::layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(), rstd.data(), N, C);
   Dev<float> gx(x), gw(w), gb(b), gdy(dy), gy(N * C), gm(N), gr(N), gdx(std::vector<float>(N * C, 0.1f)), gdw(C), gdb(C);
-  cuda::layernorm_forward(gy.p, gm.p, gr.p, gx.p, gw.p, gb.p, N, C);
+  cuda::layernorm_forward(gy.p, gm.p, gr.p, gx.p, gw.p, gb.p, N, C, 1e-5f);
   cuda::layernorm_backward(gdx.p, gdw.p, gdb.p, gdy.p, gx.p, gw.p, gm.p, gr.p, N, C);
   CHECK(diff(gy.host(), y) < 1e-5);
   CHECK(diff(gdx.host(), dx) < 1e-5);
@@ -87,16 +87,76 @@ TEST_CASE("layernorm and gelu match the CPU", "[gpu]") {
   CHECK(diff(gdg.host(), dg) < 1e-5);
 }
 
+TEST_CASE("rmsnorm, rope, swiglu and fill_cols match the CPU", "[gpu][llama]") {
+  for (const auto [N, C] : {std::pair{33, 96}, std::pair{7, 1000}}) {  // C past 32 lanes, and not a multiple
+    INFO("rmsnorm N=" << N << " C=" << C);
+    auto x = randn(size_t(N) * C, 30, 2.0f), w = randn(C, 31), dy = randn(size_t(N) * C, 32);
+    std::vector<float> y(size_t(N) * C), rstd(N), dx(size_t(N) * C, 0.1f), dw(C, 0.25f);
+    cpu::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6f);
+    cpu::rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C);
+    Dev<float> gx(x), gw(w), gdy(dy), gy(size_t(N) * C), gr(N), gdx(std::vector<float>(size_t(N) * C, 0.1f)),
+        gdw(std::vector<float>(C, 0.25f));
+    cuda::rmsnorm_forward(gy.p, gr.p, gx.p, gw.p, N, C, 1e-6f);
+    cuda::rmsnorm_backward(gdx.p, gdw.p, gdy.p, gx.p, gw.p, gr.p, N, C);
+    CHECK(diff(gy.host(), y) < 1e-5);
+    CHECK(diff(gr.host(), rstd) < 1e-5);
+    CHECK(diff(gdx.host(), dx) < 1e-5);
+    CHECK(diff(gdw.host(), dw) < 1e-5);
+  }
+
+  struct Shape { int B, T, NH, NKV, HD, rot; };
+  for (const Shape s : {Shape{2, 37, 8, 2, 64, 64}, Shape{1, 5, 3, 3, 24, 16}, Shape{2, 9, 4, 1, 10, 6}}) {
+    INFO("rope B=" << s.B << " T=" << s.T << " NH=" << s.NH << " NKV=" << s.NKV << " HD=" << s.HD << " rot=" << s.rot);
+    const int h = s.rot / 2;
+    std::vector<float> cs(size_t(s.T) * h), sn(size_t(s.T) * h);
+    for (int t = 0; t < s.T; ++t)
+      for (int i = 0; i < h; ++i) {
+        const double a = (100 + t) * std::pow(10000.0, -2.0 * i / s.rot);
+        cs[t * h + i] = float(std::cos(a));
+        sn[t * h + i] = float(std::sin(a));
+      }
+    const size_t n = size_t(s.B) * s.T * (s.NH + 2 * s.NKV) * s.HD;
+    auto q = randn(n, 33), dq = randn(n, 34);
+    Dev<float> gq(q), gdq(dq), gc(cs), gs(sn);
+    cpu::rope_forward(q.data(), cs.data(), sn.data(), s.B, s.T, s.NH, s.NKV, s.HD, s.rot);
+    cpu::rope_backward(dq.data(), cs.data(), sn.data(), s.B, s.T, s.NH, s.NKV, s.HD, s.rot);
+    cuda::rope_forward(gq.p, gc.p, gs.p, s.B, s.T, s.NH, s.NKV, s.HD, s.rot);
+    cuda::rope_backward(gdq.p, gc.p, gs.p, s.B, s.T, s.NH, s.NKV, s.HD, s.rot);
+    CHECK(diff(gq.host(), q) < 1e-6);
+    CHECK(diff(gdq.host(), dq) < 1e-6);
+  }
+
+  const int N = 33, F = 333;
+  auto in = randn(size_t(N) * 2 * F, 35, 3.0f), dout = randn(size_t(N) * F, 36);
+  const float extreme[] = {-100.0f, -89.0f, -88.0f, -40.0f, 0.0f, 40.0f, 88.0f, 100.0f};
+  for (int f = 0; f < 8; ++f) in[f] = extreme[f];
+  std::vector<float> o(size_t(N) * F), din(size_t(N) * 2 * F);
+  cpu::swiglu_forward(o.data(), in.data(), N, F);
+  cpu::swiglu_backward(din.data(), in.data(), dout.data(), N, F);
+  Dev<float> gin(in), gdout(dout), go(size_t(N) * F), gdin(size_t(N) * 2 * F);
+  cuda::swiglu_forward(go.p, gin.p, N, F);
+  cuda::swiglu_backward(gdin.p, gin.p, gdout.p, N, F);
+  CHECK(diff(go.host(), o) < 1e-5);
+  CHECK(diff(gdin.host(), din) < 1e-5);
+
+  const int ld = 50, c0 = 40, c1 = 47;
+  auto m = randn(size_t(N) * ld, 37);
+  Dev<float> gm(m);
+  cpu::fill_cols(m.data(), N, ld, c0, c1, -INFINITY);
+  cuda::fill_cols(gm.p, N, ld, c0, c1, -INFINITY);
+  CHECK(gm.host() == m);
+}
+
 TEST_CASE("causal attention forward and backward match the CPU", "[gpu]") {
   const int B = 2, T = 37, NH = 3, HD = 16;
   const size_t nqkv = size_t(B) * T * NH * 3 * HD, no = size_t(B) * T * NH * HD;
   auto qkv = randn(nqkv, 11), dout = randn(no, 12);
   std::vector<float> out(no), lse(size_t(B) * NH * T), dqkv(nqkv);
-  cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, NH, HD);
-  cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, NH, HD);
+  cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, NH, NH, HD);
+  cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, NH, NH, HD);
   Dev<float> gqkv(qkv), gdout(dout), gout(no), glse(lse.size()), gdqkv(nqkv);
-  cuda::attention_forward(gout.p, glse.p, gqkv.p, B, T, NH, HD);
-  cuda::attention_backward(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, HD);
+  cuda::attention_forward(gout.p, glse.p, gqkv.p, B, T, NH, NH, HD);
+  cuda::attention_backward(gdqkv.p, gdout.p, gqkv.p, gout.p, glse.p, B, T, NH, NH, HD);
   CHECK(diff(gout.host(), out) < 1e-5);
   CHECK(diff(glse.host(), lse) < 1e-5);
   CHECK(diff(gdqkv.host(), dqkv) < 1e-4);

@@ -1,5 +1,5 @@
 // The whole model against independent references: finite differences of the loss for every
-// parameter tensor (TP=1 and TP=2), and overfitting one batch.
+// parameter tensor (TP=1 and TP=2; GPT-2 and Llama blocks), and overfitting one batch.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -28,16 +28,34 @@ ModelConfig tiny_model() {
   return m;
 }
 
+// Llama blocks: RMSNorm, RoPE on part of each head, GQA (8 heads, 4 groups), SwiGLU, untied,
+// no biases, a padded vocabulary (60 -> 128 x tp).
+ModelConfig llama_model() {
+  ModelConfig m = tiny_model();
+  m.vocab_size = 60;
+  m.num_attention_heads = 8;
+  m.hidden_size = 64;  // head dim 8, rotary dim 4
+  m.group_query_attention = true;
+  m.num_query_groups = 4;
+  m.ffn_hidden_size = 48;
+  m.normalization = "RMSNorm";
+  m.position_embedding_type = "rope";
+  m.rotary_percent = 0.5;
+  m.swiglu = true;
+  m.add_bias_linear = false;
+  m.untie_embeddings_and_output_weights = true;
+  return m;
+}
+
 std::vector<int32_t> random_tokens(int n, int vocab, uint64_t stream) {
   std::vector<int32_t> t(n);
   for (int i = 0; i < n; ++i) t[i] = philox4x32_10(i, 0, stream, 0, 99, 0).v[0] % vocab;
   return t;
 }
 
-void gradcheck(int tp) {
+void gradcheck(int tp, const ModelConfig& cfg) {
   const Layout l = Layout::make(world_size(), world_rank(), tp, 1);
   auto g = make_mpi_groups(MPI_COMM_WORLD, l);
-  const ModelConfig cfg = tiny_model();
   GPTModel model(cfg, l.tp_rank, l.tp);
   model.init(3);
   const int B = 2, T = cfg.seq_length, N = B * T;
@@ -86,8 +104,10 @@ void gradcheck(int tp) {
 
 }  // namespace
 
-TEST_CASE("whole-model gradients match finite differences, TP=1", "[np1]") { gradcheck(1); }
-TEST_CASE("whole-model gradients match finite differences, TP=2", "[np2]") { gradcheck(2); }
+TEST_CASE("whole-model gradients match finite differences, TP=1", "[np1]") { gradcheck(1, tiny_model()); }
+TEST_CASE("whole-model gradients match finite differences, TP=2", "[np2]") { gradcheck(2, tiny_model()); }
+TEST_CASE("Llama-block gradients match finite differences, TP=1", "[np1]") { gradcheck(1, llama_model()); }
+TEST_CASE("Llama-block gradients match finite differences, TP=2", "[np2]") { gradcheck(2, llama_model()); }
 
 TEST_CASE("the model overfits one batch", "[np1]") {
   const Layout l = Layout::make(1, 0, 1, 1);

@@ -32,11 +32,13 @@ void compare(const std::vector<double>& ref, const std::vector<double>& got) {
   CHECK(ref.back() < ref.front() - 0.3);  // it is really training
 }
 
-void run_equivalence(int tp, int dp, int micro, int global) {
-  const std::string dir = shared_tmpdir("equiv-tp" + std::to_string(tp) + "dp" + std::to_string(dp));
-  TrainConfig cfg = small_config(tp, dp, micro, global, 20);
+void run_equivalence(int tp, int dp, int micro, int global, bool llama = false) {
+  const std::string dir = shared_tmpdir("equiv-tp" + std::to_string(tp) + "dp" + std::to_string(dp) +
+                                        (llama ? "-llama" : ""));
+  auto config = llama ? small_llama_config : small_config;
+  TrainConfig cfg = config(tp, dp, micro, global, 20);
   TokenCorpus corpus = load_corpus(cfg.data);
-  TrainConfig ref = small_config(1, 1, micro, global, 20);
+  TrainConfig ref = config(1, 1, micro, global, 20);
   auto expected = reference_losses(ref, corpus, dir);
   cfg.out = dir + "/run";
   auto got = train(cfg, corpus, MPI_COMM_WORLD).train_loss;
@@ -49,3 +51,6 @@ TEST_CASE("TP=2 matches TP=1 over 20 iterations", "[np2]") { run_equivalence(2, 
 TEST_CASE("DP=2 matches DP=1 at the same global batch", "[np2]") { run_equivalence(1, 2, 4, 8); }
 TEST_CASE("TP=4 matches TP=1 over 20 iterations", "[np4]") { run_equivalence(4, 1, 4, 4); }
 TEST_CASE("TP=2 x DP=2 with accumulation matches TP=1", "[np4]") { run_equivalence(2, 2, 2, 8); }
+TEST_CASE("Llama blocks: TP=2 matches TP=1", "[np2]") { run_equivalence(2, 1, 4, 4, true); }
+TEST_CASE("Llama blocks: DP=2 matches DP=1", "[np2]") { run_equivalence(1, 2, 4, 8, true); }
+TEST_CASE("Llama blocks: TP=4 matches TP=1", "[np4]") { run_equivalence(4, 1, 4, 4, true); }

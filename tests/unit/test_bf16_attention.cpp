@@ -65,13 +65,15 @@ struct Result {
 Result run(bool bf16, const Vec& qkv, const Vec& dout, const Shape& s) {
   Result r{Vec(s.nout()), Vec(s.nlse()), Vec(s.nqkv(), NAN)};
   if (bf16) {
-    cpu::attention_forward_bf16(r.out.data(), r.lse.data(), qkv.data(), s.B, s.T, s.NH, s.HD);
+    cpu::attention_forward_bf16(r.out.data(), r.lse.data(), qkv.data(), s.B, s.T, s.NH, s.NH,
+                                s.HD);
     cpu::attention_backward_bf16(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(),
-                                 s.B, s.T, s.NH, s.HD);
+                                 s.B, s.T, s.NH, s.NH, s.HD);
   } else {
-    cpu::attention_forward(r.out.data(), r.lse.data(), qkv.data(), s.B, s.T, s.NH, s.HD);
+    cpu::attention_forward(r.out.data(), r.lse.data(), qkv.data(), s.B, s.T, s.NH, s.NH,
+                           s.HD);
     cpu::attention_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), s.B,
-                            s.T, s.NH, s.HD);
+                            s.T, s.NH, s.NH, s.HD);
   }
   return r;
 }

@@ -278,7 +278,7 @@ TEST_CASE("layernorm forward/backward: reference and finite differences", "[kern
   VecF x = randn(N * C, 30, 2.0f), w = randn(C, 31), b = randn(C, 32);
   for (int c = 0; c < C; ++c) x[c] += 5.0f;  // an offset row: mean far from zero
   VecF y(N * C), mean(N), rstd(N);
-  cpu::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  cpu::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, 1e-5f);
   const VecD xd = to_d(x), wd = to_d(w), bd = to_d(b);
   CHECK(rel_err(y, ref_layernorm(xd, wd, bd, N, C)) < 1e-5);
   for (int n = 0; n < N; ++n) {
@@ -310,7 +310,7 @@ TEST_CASE("layernorm backward: same bits for 1 and 2 threads", "[kernels]") {
   const int N = 300, C = 96;
   VecF x = randn(N * C, 40), w = randn(C, 41), b = randn(C, 42), G = randn(N * C, 43);
   VecF y(N * C), mean(N), rstd(N);
-  cpu::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  cpu::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, 1e-5f);
   auto run = [&](int threads) {
     VecF dx(N * C, 0.0f), dw(C, 0.0f), db(C, 0.0f);
     with_threads(threads, [&] {
@@ -370,7 +370,7 @@ struct AttnCase {
 VecF run_attention_fwd(const VecF& qkv, const AttnCase& a, VecF* lse = nullptr) {
   VecF out(static_cast<size_t>(a.B) * a.T * a.NH * a.HD);
   VecF l(static_cast<size_t>(a.B) * a.NH * a.T);
-  cpu::attention_forward(out.data(), l.data(), qkv.data(), a.B, a.T, a.NH, a.HD);
+  cpu::attention_forward(out.data(), l.data(), qkv.data(), a.B, a.T, a.NH, a.NH, a.HD);
   if (lse) *lse = l;
   return out;
 }
@@ -431,7 +431,7 @@ TEST_CASE("attention backward against finite differences of the reference", "[ke
     VecF dout = randn(out.size(), 71);
     VecF dqkv(nqkv, 77.0f);  // overwritten
     cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), a.B,
-                            a.T, a.NH, a.HD);
+                            a.T, a.NH, a.NH, a.HD);
     // sampled indices: every 7th element plus the first/last tokens in full
     std::vector<size_t> idx;
     for (size_t i = 0; i < nqkv; i += 7) idx.push_back(i);
@@ -455,7 +455,7 @@ TEST_CASE("attention: a shorter T after a longer one (same padded size) is still
     VecF dout = randn(out.size(), stream + 1);
     VecF dqkv(qkv.size());
     cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), a.B,
-                            a.T, a.NH, a.HD);
+                            a.T, a.NH, a.NH, a.HD);
     if (dqkv_out) *dqkv_out = dqkv;
     if (dout_out) *dout_out = dout;
     return qkv;
@@ -490,7 +490,7 @@ TEST_CASE("attention backward: gradients are causal, overwrite, and thread-indep
     VecF dqkv(nqkv, std::nanf(""));
     with_threads(threads, [&] {
       cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), a.B,
-                              a.T, a.NH, a.HD);
+                              a.T, a.NH, a.NH, a.HD);
     });
     return dqkv;
   };

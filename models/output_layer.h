@@ -1,0 +1,31 @@
+// The output layer: logits[N, Vp/tp] = x[N, C] @ W_shard^T, column-parallel over the (padded)
+// vocabulary (copy_to_tp_region: identity forward; the input gradient all-reduced over TP at
+// "head.bwd", except under CAAT where it stays a partial sum). W is the embedding table when
+// tied (GPT-2), else its own "output_layer.weight" (--untie-embeddings-and-output-weights).
+// Padded vocabulary ids (>= the true vocab) get logits of -1e30, so they take no part in the
+// softmax: the loss, and every gradient, are exactly those of the unpadded model.
+#pragma once
+#include "models/config.h"
+#include "models/param_store.h"
+#include "models/parallel_linear.h"
+#include "sim/comm.h"
+
+namespace lossytp {
+
+class OutputLayer {
+ public:
+  // tied_weight: the index of the embedding table in store, or -1 for an untied layer.
+  OutputLayer(ParamStore& store, const ModelConfig& cfg, int tied_weight);
+  int vocab_start() const { return vocab_start_; }
+  int vocab_local() const { return vocab_local_; }
+  void forward(float* logits, const float* x, int N);
+  // dW += dlogits^T x; dx = dlogits @ W_shard (overwritten), all-reduced unless `reduce` is false.
+  void backward(float* dx, const float* dlogits, const float* x, int N, Comm& tp, bool reduce);
+  void comm_elements(int N, bool reduce, SiteElements& e) const;
+
+ private:
+  ParamStore& store_;
+  int w_, C_, vocab_start_, vocab_local_, valid_local_;  // valid: columns < the true vocab
+};
+
+}  // namespace lossytp
