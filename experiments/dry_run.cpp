@@ -60,7 +60,7 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
     const double per_call = all_reduce_wire_bytes(n, cfg.tp, e);
     const double bytes = site == "replicated.grad" ? per_call : per_call * n_micro;
     if (bytes > 0) {
-      comm["tp." + site] = bytes;
+      comm[site] = bytes;
       total += bytes;
     }
   }

@@ -30,7 +30,21 @@ expect_error 1 "A subcommand is required"
 expect_error 3 "world size 3 (mpirun -np or --virtual-ranks) is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}"
 expect_error 4 "= 6 ranks, but the world has 4" train --tp 2 --dp 3 "${small[@]}"
 expect_error 2 "--num-attention-heads 3 is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}" --hidden-size 48 --num-attention-heads 3
-expect_error 2 "--vocab-size 63 is not divisible by --tensor-model-parallel-size 2" train --tp 2 "${small[@]}" --vocab-size 63
+# Llama family (layer specs): one clear error before training
+llama=(--model llama-tiny --num-layers 1 --seq-length 16 --micro-batch-size 2 --train-iters 2 --quiet)
+expect_error 1 "--num-query-groups 3 does not divide --num-attention-heads 8" train "${llama[@]}" --num-query-groups 3
+expect_error 8 "--num-query-groups 4 is not divisible by --tensor-model-parallel-size 8" train --tp 8 "${llama[@]}"
+expect_error 1 "--rotary-percent must be in (0, 1]" train "${llama[@]}" --rotary-percent 1.5
+expect_error 1 "--rotary-percent must be in (0, 1]" train "${llama[@]}" --rotary-percent 0
+expect_error 1 "gives a rotary dimension of 3 channels" train "${llama[@]}" --rotary-percent 0.1
+expect_error 1 "--normalization must be LayerNorm or RMSNorm, got 'BatchNorm'" train "${llama[@]}" --normalization BatchNorm
+expect_error 1 "--position-embedding-type must be learned_absolute or rope" train "${llama[@]}" --position-embedding-type alibi
+expect_error 4 "--ffn-hidden-size 702 (the SwiGLU width) is not divisible by --tensor-model-parallel-size 4" train --tp 4 "${llama[@]}" --ffn-hidden-size 702
+expect_error 1 "unknown --attention 'linear'" train "${llama[@]}" --attention linear
+# a run larger than the machine stops before training, with both numbers, creating nothing
+expect_error 1 "but only" train --model llama-1b --micro-batch-size 256 --train-iters 1 --quiet --out toobig
+[[ -e toobig ]] && { echo "FAIL: toobig/ was created"; fails=$((fails+1)); }
+expect_error 1 "--make-vocab-size-divisible-by must be > 0" train "${llama[@]}" --make-vocab-size-divisible-by 0
 expect_error 1 "--hidden-size 30 is not divisible by --num-attention-heads 4" train "${small[@]}" --hidden-size 30
 expect_error 1 "--lr must be > 0" train "${small[@]}" --lr -1
 expect_error 1 "--train-iters must be >= 1" train "${small[@]}" --train-iters 0

@@ -112,9 +112,9 @@ TEST_CASE("dry-run: parameters, memory and traffic of llama-tiny", "[llama]") {
   // Megatron's per-block all-reduces: proj and fc2 forward, qkv and fc1 backward, N x C each,
   // 2 (p - 1) / p of them on the wire per rank at p = 2, two micro-batches, 4 bytes.
   const auto& comm = j["comm_bytes_per_iteration"];
-  CHECK(comm["tp.layer0.attn.proj.fwd"].get<double>() == Approx(N * C * 4 * 2));
-  CHECK(comm["tp.layer3.mlp.fc1.bwd"].get<double>() == Approx(N * C * 4 * 2));
-  CHECK(comm["tp.ce.max"].get<double>() == Approx(N * 4 * 2));
+  CHECK(comm["layer0.attn.proj.fwd"].get<double>() == Approx(N * C * 4 * 2));
+  CHECK(comm["layer3.mlp.fc1.bwd"].get<double>() == Approx(N * C * 4 * 2));
+  CHECK(comm["ce.max"].get<double>() == Approx(N * 4 * 2));
   CHECK(comm.contains("dp.grad"));
   const double P = static_cast<double>(j["parameters_per_rank"].get<long long>());
   CHECK(j["memory_per_rank"]["optimizer"].get<double>() >= 8 * P);
