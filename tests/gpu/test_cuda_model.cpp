@@ -97,3 +97,19 @@ TEST_CASE("GPU training: --bf16 follows its CPU emulation and stays near fp32", 
   CHECK(worst_relative(bf16_gpu, fp32) <= 3e-2);
   CHECK(bf16_gpu != fp32);
 }
+
+TEST_CASE("GPU Llama blocks: one step and a TP=2 trajectory match the CPU", "[model][llama]") {
+  // RMSNorm, RoPE, GQA, SwiGLU, untied output, no biases, a padded vocabulary (250 -> 256).
+  TrainConfig c = testing::small_llama_config(2, 1, 4, 4, 10);
+  c.model.vocab_size = c.data.vocab_size = 250;
+  const auto cpu = run_virtual(on(c, "cpu"), "llama-cpu").train_loss;
+  const auto gpu = run_virtual(on(c, "cuda"), "llama-cuda").train_loss;
+  CHECK(gpu.back() < gpu.front() - 0.2);
+  CHECK(worst_relative(gpu, cpu) <= 1e-4);
+  const auto gpu_tp1 = run_virtual(on(testing::small_llama_config(1, 1, 4, 4, 10), "cuda"), "llama-tp1").train_loss;
+  CHECK(worst_relative(run_virtual(on(testing::small_llama_config(2, 1, 4, 4, 10), "cuda"), "llama-tp2").train_loss,
+                       gpu_tp1) <= 1e-5);
+  TrainConfig b = on(testing::small_llama_config(2, 1, 4, 4, 10), "cuda", true);  // bf16 path too
+  const auto bf16 = run_virtual(b, "llama-bf16").train_loss;
+  CHECK(worst_relative(bf16, gpu_tp1) <= 3e-2);
+}
