@@ -1,5 +1,8 @@
 #include "experiments/grid.h"
 
+#include "experiments/dry_run.h"
+#include "kernels/ops.h"
+
 #include <mpi.h>
 
 #include <toml++/toml.h>
@@ -307,6 +310,13 @@ int run_grid(const GridOptions& opt) {
     return c.data.path + "|" + c.data.eval_path + "|" + c.data.format + "|" + std::to_string(c.data.eval_fraction) +
            "|" + std::to_string(c.data.vocab_size) + "|" + std::to_string(c.data.seed);
   };
+  // Ranks of this job on this node (collective: every rank, before anything can fail).
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local_ranks = 1;
+  MPI_Comm_size(node, &local_ranks);
+  MPI_Comm_free(&node);
+  if (opt.virtual_ranks > 0) local_ranks = opt.virtual_ranks;
   try {
     if (opt.out.empty()) throw std::invalid_argument("--out DIR is required");
     if (opt.virtual_ranks < 0) throw std::invalid_argument("--virtual-ranks must be >= 0");
@@ -323,6 +333,11 @@ int run_grid(const GridOptions& opt) {
       if (!corpora.count(key)) corpora.emplace(key, load_corpus(r.cfg.data));
       try {
         reconcile_data(r.cfg, corpora.at(key));
+        // Runs fill every rank of the node side by side: the largest must fit on all of them.
+        const double need = plan_run(r.cfg)["memory_bytes_per_rank"].get<double>();
+        const std::string why =
+            check_memory(need, local_ranks, ops::available_memory(r.cfg.compute().device), r.cfg.compute().device);
+        if (!why.empty()) throw std::invalid_argument(why);
       } catch (const std::exception& e) {
         throw std::invalid_argument(opt.file + ", run " + r.id + ": " + e.what());
       }
@@ -398,12 +413,6 @@ int run_grid(const GridOptions& opt) {
   }
 
   // Threads per rank unless the grid sets them: the node's cores shared by its ranks.
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int local_ranks = 1;
-  MPI_Comm_size(node, &local_ranks);
-  MPI_Comm_free(&node);
-  if (opt.virtual_ranks > 0) local_ranks = opt.virtual_ranks;
   const int default_threads =
       std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, local_ranks));
 

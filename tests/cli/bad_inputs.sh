@@ -44,6 +44,16 @@ expect_error 1 "unknown --attention 'linear'" train "${llama[@]}" --attention li
 # a run larger than the machine stops before training, with both numbers, creating nothing
 expect_error 1 "but only" train --model llama-1b --micro-batch-size 256 --train-iters 1 --quiet --out toobig
 [[ -e toobig ]] && { echo "FAIL: toobig/ was created"; fails=$((fails+1)); }
+cat > toobig.toml <<'TOML'
+[base]
+model = "llama-1b"
+micro-batch-size = 256
+train-iters = 1
+[sweep]
+seed = [1, 2]
+TOML
+expect_error 1 "but only" grid toobig.toml --out toobig-grid
+[[ -e toobig-grid ]] && { echo "FAIL: toobig-grid/ was created"; fails=$((fails+1)); }
 expect_error 1 "--make-vocab-size-divisible-by must be > 0" train "${llama[@]}" --make-vocab-size-divisible-by 0
 expect_error 1 "--hidden-size 30 is not divisible by --num-attention-heads 4" train "${small[@]}" --hidden-size 30
 expect_error 1 "--lr must be > 0" train "${small[@]}" --lr -1
