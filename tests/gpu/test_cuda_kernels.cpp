@@ -88,7 +88,7 @@ TEST_CASE("layernorm and gelu match the CPU", "[gpu]") {
 }
 
 TEST_CASE("rmsnorm, rope, swiglu and fill_cols match the CPU", "[gpu][llama]") {
-  for (const auto [N, C] : {std::pair{33, 96}, std::pair{7, 1000}}) {  // C past 32 lanes, and not a multiple
+  for (const auto& [N, C] : {std::pair{33, 96}, std::pair{7, 1000}}) {  // C past 32 lanes, and not a multiple
     INFO("rmsnorm N=" << N << " C=" << C);
     auto x = randn(size_t(N) * C, 30, 2.0f), w = randn(C, 31), dy = randn(size_t(N) * C, 32);
     std::vector<float> y(size_t(N) * C), rstd(N), dx(size_t(N) * C, 0.1f), dw(C, 0.25f);
