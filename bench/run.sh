@@ -7,7 +7,12 @@
 # and prints a table (tokens/s, model GFLOP/s, fraction of the sgemm peak, peak RSS, targets).
 # Writes bench/results/latest.json. Details: docs/performance.md.
 #
-# Usage: bash bench/run.sh [--quick] [--no-build] [options of bench/run_cpu.py, e.g. --rounds 5]
+# Usage: bash bench/run.sh [llama] [--quick] [--no-build] [options of bench/run_cpu.py, e.g. --rounds 5]
+#   llama       the Llama suite instead (run_cpu.py --suite llama): lossytp llama-tiny 1 thread
+#               against transformers' LlamaForCausalLM on PyTorch 2.x (bench/setup_torch_venv.sh
+#               makes its venv) and Debian's torch 1.13 if installed, TP=2 against TP=1, and
+#               gpt2-124m at 2 threads against PyTorch 2.x at the same micro-batch; writes
+#               bench/results/llama-latest.json
 #   --quick     smoke run (1 round of 10 steps per configuration, under 2 minutes)
 #   --no-build  use the binaries already built (e.g. while the working tree does not compile)
 # Environment: LOSSYTP_BUILD_DIR (default: build) -- must be (or become) a Release build.
@@ -15,16 +20,25 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 no_build=0
+suite=gpt
 args=()
 for a in "$@"; do
-  if [[ "$a" == "--no-build" ]]; then no_build=1; else args+=("$a"); fi
+  if [[ "$a" == "--no-build" ]]; then no_build=1
+  elif [[ "$a" == "llama" || "$a" == "--suite=llama" ]]; then suite=llama
+  else args+=("$a"); fi
 done
 
 PY=/usr/bin/python3   # Debian's python: the one with python3-torch and python3-h5py
 BUILD_DIR=${LOSSYTP_BUILD_DIR:-build}
 
 # ---- prerequisites (nothing is installed here)
-if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+if [[ $suite == llama ]]; then
+  venv_py=${LOSSYTP_TORCH_VENV:-$HOME/.cache/lossytp/venv-torch}/bin/python
+  if ! "$venv_py" -c 'import torch, transformers' >/dev/null 2>&1; then
+    echo "bench/run.sh llama: $venv_py cannot import torch and transformers: the PyTorch 2.x peers" >&2
+    echo "  will be skipped. Create the venv with:  bash bench/setup_torch_venv.sh" >&2
+  fi
+elif ! "$PY" -c 'import torch' >/dev/null 2>&1; then
   echo "bench/run.sh: '$PY -c \"import torch\"' fails: the PyTorch peer is missing." >&2
   echo "  Install it with:  scripts/install-deps.sh --bench" >&2
   exit 1
@@ -62,4 +76,4 @@ else
 fi
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-exec "$PY" bench/run_cpu.py --build-dir "$BUILD_DIR" --build-status "$build_status" "${args[@]}"
+exec "$PY" bench/run_cpu.py --suite "$suite" --build-dir "$BUILD_DIR" --build-status "$build_status" "${args[@]}"

@@ -27,7 +27,9 @@ them) before it is compared with lossytp:
   gradients: max |lossytp - ref| <= 1e-4 max |ref| + 1e-7, per tensor (lossytp is float32: its
              gradients carry ~1e-6 relative rounding, and accumulations over B*T tokens grow it)
   padding:   the gradient rows >= V of embed.weight and output_layer.weight are exactly zero.
-Exit code 0 when every check passes, 1 otherwise.
+Exit code 0 when every check passes, 1 otherwise. tests/reference/run.sh runs it over several
+configurations (ctest reference_model); hf_crosscheck.py checks this reference against
+transformers' own models.
 """
 import argparse
 import json
