@@ -345,7 +345,7 @@ TEST_CASE("cuBLAS attention with grouped-query heads (GQA) matches the CPU", "[g
   check_attention(3, 70, 6, 48, 3);    // HD no multiple of 32
   check_attention(1, 40, 4, 3, 2);     // tiny odd HD
   check_attention(1, 1, 4, 8, 1);      // one token
-  check_attention(2, 1200, 8, 16, 2);  // scores of more than one chunk
+  check_attention(2, 2100, 8, 16, 2);  // 2 x 35 M scores > 2^26: two chunks of one sequence
 }
 
 TEST_CASE("GQA attention on the GPU is deterministic and overwrites dqkv", "[gpu][attention][gqa]") {

@@ -260,14 +260,15 @@ TEST_CASE("GQA attention equals multi-head attention on copied k and v", "[kerne
     // every head runs exactly as in the multi-head kernel: the same bits for out, lse (and dq)
     CHECK(same_bits(g.out, m.out));
     CHECK(same_bits(g.lse, m.lse));
-    // dk, dv: the group's heads accumulate in one buffer instead of being summed afterwards
-    CHECK(rel_err(g.dqkv, reduce_from_mha(m.dqkv, s)) < 1e-6);
+    // dk, dv: the group's heads accumulate in one fp32 buffer instead of being summed afterwards
+    // (another order of the same additions)
+    CHECK(rel_err(g.dqkv, reduce_from_mha(m.dqkv, s)) < 5e-6);
     // the bf16 emulation too (rounding commutes with copying)
     const Result gb = run(true, qkv, dout, s);
     const Result mb = run(true, expand_to_mha(qkv, s), dout, as_mha(s));
     CHECK(same_bits(gb.out, mb.out));
     CHECK(same_bits(gb.lse, mb.lse));
-    CHECK(rel_err(gb.dqkv, reduce_from_mha(mb.dqkv, s)) < 1e-6);
+    CHECK(rel_err(gb.dqkv, reduce_from_mha(mb.dqkv, s)) < 5e-6);
   }
 }
 
@@ -288,15 +289,16 @@ TEST_CASE("GQA attention: thread-independent, overwriting, causal", "[kernels][g
   CHECK(same_bits(r1.lse, r2.lse));
   CHECK(same_bits(r1.dqkv, r2.dqkv));
   CHECK(same_bits(r1.dqkv, r3.dqkv));
-  bool zero_after = true, nonzero_before = false;
+  bool finite = true, zero_after = true, nonzero_before = false;
   for (int b = 0; b < s.B; ++b)
     for (int t = 0; t < s.T; ++t)
       for (size_t i = 0; i < s.tok(); ++i) {
         const float v = r1.dqkv[s.base(b, t) + i];
-        REQUIRE(std::isfinite(v));
+        finite = finite && std::isfinite(v);
         if (t > t1) zero_after = zero_after && v == 0.0f;
         else nonzero_before = nonzero_before || v != 0.0f;
       }
+  CHECK(finite);
   CHECK(zero_after);
   CHECK(nonzero_before);
 }
