@@ -17,51 +17,19 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 #include "kernels/philox.h"
+#include "common/kernel_checks.h"
 
 namespace cpu = lossytp::cpu;
 namespace ops = lossytp::ops;
 using lossytp::Device;
+using namespace lossytp::testing;
 
 namespace {
-
-using VecF = std::vector<float>;
-using VecD = std::vector<double>;
-
-VecF randn(size_t n, uint64_t stream, float scale = 1.0f) {
-  VecF x(n);
-  for (size_t i = 0; i < n; ++i) x[i] = scale * lossytp::philox_normal(9091, stream, i);
-  return x;
-}
 
 VecF bf16_rounded(const VecF& x) {
   VecF r(x.size());
   for (size_t i = 0; i < x.size(); ++i) r[i] = lossytp::bf16_round(x[i]);
   return r;
-}
-
-// max|a - b| / max|b|; infinity when a has a non-finite value
-template <class A, class B>
-double rel_err(const A& a, const B& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(static_cast<double>(a[i]))) return INFINITY;
-    num = std::max(num, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
-    den = std::max(den, std::abs(static_cast<double>(b[i])));
-  }
-  return den > 0.0 ? num / den : num;
-}
-
-bool same_bits(const VecF& a, const VecF& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-template <class F>
-void with_threads(int n, F&& f) {
-  const int old = cpu::num_threads();
-  cpu::set_num_threads(n);
-  f();
-  cpu::set_num_threads(old);
 }
 
 // A problem and the grouped layout, spelled out: a token holds NKV groups of R = NH / NKV q
@@ -132,8 +100,6 @@ void reference(const VecD& x, const Gqa& s, VecD* out, VecD* lse, const VecD* do
       }
     }
 }
-
-VecD to_d(const VecF& x) { return VecD(x.begin(), x.end()); }
 
 struct Result {
   VecF out, lse, dqkv;

@@ -13,76 +13,18 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/philox.h"
+#include "common/kernel_checks.h"
 
 namespace cpu = lossytp::cpu;
+using namespace lossytp::testing;
 
 namespace {
-
-using VecF = std::vector<float>;
-using VecD = std::vector<double>;
-
-VecF randn(size_t n, uint64_t stream, float scale = 1.0f) {
-  VecF x(n);
-  for (size_t i = 0; i < n; ++i) x[i] = scale * lossytp::philox_normal(12345, stream, i);
-  return x;
-}
-
-VecD to_d(const VecF& x) { return VecD(x.begin(), x.end()); }
-
-// max|a - b| / max|b| (b is the reference); 0 when both are 0; infinity when a has a NaN or
-// an infinity (which max() would otherwise skip).
-template <class A, class B>
-double rel_err(const A& a, const B& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(static_cast<double>(a[i]))) return INFINITY;
-    num = std::max(num, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
-    den = std::max(den, std::abs(static_cast<double>(b[i])));
-  }
-  return den > 0.0 ? num / den : num;
-}
-
-// Central differences of a double function of x, for the indices in idx (all when empty).
-VecD fd_grad(VecD x, const std::function<double(const VecD&)>& f, double h,
-             const std::vector<size_t>& idx = {}) {
-  VecD g(x.size(), 0.0);
-  auto one = [&](size_t i) {
-    const double x0 = x[i];
-    x[i] = x0 + h;
-    const double fp = f(x);
-    x[i] = x0 - h;
-    const double fm = f(x);
-    x[i] = x0;
-    g[i] = (fp - fm) / (2.0 * h);
-  };
-  if (idx.empty())
-    for (size_t i = 0; i < x.size(); ++i) one(i);
-  else
-    for (size_t i : idx) one(i);
-  return g;
-}
 
 template <class T>
 std::vector<T> pick(const std::vector<T>& x, const std::vector<size_t>& idx) {
   std::vector<T> out;
   for (size_t i : idx) out.push_back(x[i]);
   return out;
-}
-
-double dot(const VecD& a, const VecD& b) {
-  double s = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Runs f with the given thread count, then restores the previous one.
-template <class F>
-void with_threads(int n, F&& f) {
-  const int old = cpu::num_threads();
-  cpu::set_num_threads(n);
-  f();
-  cpu::set_num_threads(old);
 }
 
 // ---------------------------------------------------------------- references (double)

@@ -15,73 +15,14 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 #include "kernels/philox.h"
+#include "common/kernel_checks.h"
 
 namespace cpu = lossytp::cpu;
 namespace ops = lossytp::ops;
 using lossytp::Device;
+using namespace lossytp::testing;
 
 namespace {
-
-using VecF = std::vector<float>;
-using VecD = std::vector<double>;
-
-VecF randn(size_t n, uint64_t stream, float scale = 1.0f) {
-  VecF x(n);
-  for (size_t i = 0; i < n; ++i) x[i] = scale * lossytp::philox_normal(777, stream, i);
-  return x;
-}
-
-VecD to_d(const VecF& x) { return VecD(x.begin(), x.end()); }
-
-// max|a - b| / max|b| (b is the reference); infinity when a has a NaN or an infinity.
-template <class A, class B>
-double rel_err(const A& a, const B& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(static_cast<double>(a[i]))) return INFINITY;
-    num = std::max(num, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
-    den = std::max(den, std::abs(static_cast<double>(b[i])));
-  }
-  return den > 0.0 ? num / den : num;
-}
-
-// Central differences of a double function of x, all indices.
-VecD fd_grad(VecD x, const std::function<double(const VecD&)>& f, double h) {
-  VecD g(x.size(), 0.0);
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double x0 = x[i];
-    x[i] = x0 + h;
-    const double fp = f(x);
-    x[i] = x0 - h;
-    const double fm = f(x);
-    x[i] = x0;
-    g[i] = (fp - fm) / (2.0 * h);
-  }
-  return g;
-}
-
-template <class A, class B>
-double dot(const A& a, const B& b) {
-  double s = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
-  return s;
-}
-
-template <class F>
-void with_threads(int n, F&& f) {
-  const int old = cpu::num_threads();
-  cpu::set_num_threads(n);
-  f();
-  cpu::set_num_threads(old);
-}
-
-bool same_bits(const VecF& a, const VecF& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) return false;
-  return true;
-}
 
 // ---------------------------------------------------------------- references (double)
 
