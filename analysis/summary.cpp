@@ -45,7 +45,8 @@ bool is_net_only_key(const std::string& key) {
 // Config keys that change where and how a run is carried out, not what it computes: twins may
 // differ in them.
 const std::set<std::string> kOperationalKeys = {"out",           "threads",      "log-interval",
-                                                "save-interval", "comm-timeout", "load"};
+                                                "save-interval", "comm-timeout", "load",
+                                                "keep-checkpoints"};
 
 std::optional<double> attr_number(const MetricsFile& m, const std::string& name) {
   auto it = m.attrs().find(name);

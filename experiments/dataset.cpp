@@ -281,6 +281,10 @@ std::vector<int32_t> MarkovSource::sample(size_t n, uint64_t seed) const {
 
 TokenCorpus load_corpus(const DataOptions& opt) {
   TokenCorpus c;
+  if (opt.path.empty() && !opt.eval_path.empty())  // it would be ignored: the corpus has its own
+    throw std::runtime_error("--eval-data " + opt.eval_path +
+                             " needs --data: the built-in synthetic corpus has its own held-out split "
+                             "(give --data TRAIN_FILE with it, or drop --eval-data)");
   if (opt.path.empty()) {
     MarkovSource m = MarkovSource::random(opt.vocab_size, opt.synthetic_branching, opt.seed);
     c.train = m.sample(opt.synthetic_train_tokens, mix64(opt.seed ^ 0x747261696E000001ull));

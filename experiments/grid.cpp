@@ -23,6 +23,7 @@
 #include "experiments/checkpoint.h"
 #include "experiments/collective_errors.h"
 #include "experiments/metrics_file.h"
+#include "experiments/run_control.h"
 #include "experiments/trainer.h"
 #include "sim/local_backend.h"
 #include "kernels/philox.h"
@@ -389,7 +390,8 @@ int run_grid(const GridOptions& opt) {
             MetricsFile f = MetricsFile::load(grid.runs[i].cfg.out + "/metrics.h5");
             auto j = nlohmann::json::parse(std::get<std::string>(f.attrs().at("config")));
             auto want = grid.runs[i].cfg.to_json();
-            for (const char* k : {"out", "threads"}) { j.erase(k); want.erase(k); }
+            // neither changes what a run computes
+            for (const char* k : {"out", "threads", "keep-checkpoints"}) { j.erase(k); want.erase(k); }
             // runs from before --device/--bf16 existed ran on the CPU in fp32
             if (!j.contains("device")) j["device"] = "cpu";
             if (!j.contains("bf16")) j["bf16"] = false;
@@ -419,6 +421,9 @@ int run_grid(const GridOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   size_t done_now = 0;
   int failures = 0;
+  // A stop signal interrupts the running runs (each writes a checkpoint) and starts no more.
+  install_stop_signals();
+  int stopped = 0;  // the signal, once every rank knows
 
   // What a run trains with: its config plus progress lines and, when it has one, its checkpoint.
   auto run_config = [&](const GridRun& r, bool has_checkpoint) {
@@ -522,7 +527,9 @@ int run_grid(const GridOptions& opt) {
         for (auto& rep : reports) record(rep);
         std::fflush(stdout);
         write_manifest(grid, opt.out, state);
+        if ((stopped = stop_signal()) != 0) break;
       }
+      if (stopped) break;
       continue;
     }
     const int color = me < G * S ? me / S : MPI_UNDEFINED;
@@ -565,9 +572,13 @@ int run_grid(const GridOptions& opt) {
         std::fflush(stdout);
         write_manifest(grid, opt.out, state);
       }
+      stopped = stop_signal();  // a signal to any rank stops the grid after this round
+      MPI_Allreduce(MPI_IN_PLACE, &stopped, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+      if (stopped) break;
     }
     // The group itself saw only splits, dups and broadcasts, in step, so it can be freed.
     if (group != MPI_COMM_NULL) MPI_Comm_free(&group);
+    if (stopped) break;
   }
   MPI_Bcast(&failures, 1, MPI_INT, 0, MPI_COMM_WORLD);
   if (me == 0) {
@@ -575,10 +586,15 @@ int run_grid(const GridOptions& opt) {
     for (const auto& s : state) count[s.value("status", std::string("pending"))]++;
     std::string summary;
     for (const auto& [k, v] : count) summary += (summary.empty() ? "" : ", ") + std::to_string(v) + " " + k;
-    std::printf("grid finished: %s. Results in %s; next: lossytp summarize %s\n", summary.c_str(),
-                opt.out.c_str(), opt.out.c_str());
+    if (stopped)
+      std::printf("grid interrupted by %s: %s. Interrupted runs have a checkpoint: run the same command "
+                  "again to resume them and the pending ones\n", signal_name(stopped).c_str(), summary.c_str());
+    else
+      std::printf("grid finished: %s. Results in %s; next: lossytp summarize %s\n", summary.c_str(),
+                  opt.out.c_str(), opt.out.c_str());
     std::fflush(stdout);
   }
+  if (stopped) return kExitInterrupted;
   return failures > 0 ? 1 : 0;
 }
 

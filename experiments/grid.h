@@ -48,7 +48,9 @@ struct GridOptions {
 };
 
 // Runs the grid on MPI_COMM_WORLD (every rank calls it). Returns the exit status: 0 when every
-// run finished (completed or diverged), 1 when some failed, 2 for bad input (one message).
+// run finished (completed or diverged), 1 when some failed, 2 for bad input (one message), 4
+// (kExitInterrupted) when a stop signal interrupted it: the running runs stopped with a
+// checkpoint (status `interrupted`), and re-running the command resumes them.
 int run_grid(const GridOptions& opt);
 
 }  // namespace lossytp

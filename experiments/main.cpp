@@ -21,6 +21,7 @@
 #include "experiments/dry_run.h"
 #include "kernels/ops.h"
 #include "experiments/grid.h"
+#include "experiments/run_control.h"
 #include "experiments/train_config.h"
 #include "experiments/trainer.h"
 #include "netmodels/netmodel.h"
@@ -65,7 +66,9 @@ std::string default_out_dir(const TrainConfig& c) {
          "-" + stamp;
 }
 
-// --load DIR: a complete checkpoint whose model and layout are this run's.
+// --load DIR: a complete checkpoint whose model and layout are this run's, every rank's file of it
+// intact (its checksum verified here, before training): the latest, or else the newest intact
+// one, said on stderr.
 std::string check_resumable(const TrainConfig& cfg) {
   if (latest_checkpoint(cfg.load) < 0)
     return "--load " + cfg.load + ": no checkpoint there (runs write them with --save-interval N)";
@@ -90,6 +93,14 @@ std::string check_resumable(const TrainConfig& cfg) {
   } catch (const std::exception& e) {
     return "--load " + cfg.load + ": cannot read the checkpoint's config.json (" + e.what() + ")";
   }
+  const ResumePoint rp = find_resume_point(cfg.load, cfg.tp * cfg.dp);
+  std::string problems;
+  for (const auto& p : rp.problems) problems += (problems.empty() ? "" : "; ") + p;
+  if (rp.iteration < 0) return "--load " + cfg.load + ": no intact checkpoint: " + problems;
+  if (!rp.problems.empty())
+    std::fprintf(stderr, "lossytp: warning: %s; resuming from the checkpoint of iteration %lld, the newest intact one\n",
+                 problems.c_str(), static_cast<long long>(rp.iteration));
+  for (const auto& w : rp.warnings) std::fprintf(stderr, "lossytp: warning: %s\n", w.c_str());
   return "";
 }
 
@@ -115,7 +126,7 @@ int train_virtual(const TrainConfig& cfg, const TokenCorpus& corpus) {
       std::fprintf(stderr, "lossytp: virtual rank %d: training failed: %s\n", r, errors[r].c_str());
       return 1;
     }
-  return status[0] == "completed" ? 0 : 3;
+  return status[0] == "completed" ? 0 : status[0] == "interrupted" ? kExitInterrupted : 3;
 }
 
 int cmd_train(TrainOptions& opts) {
@@ -166,14 +177,19 @@ int cmd_train(TrainOptions& opts) {
   }
   if (!all_ranks_ok(error)) return 2;
 
+  install_stop_signals();  // from here SIGTERM, SIGINT, SIGUSR1 stop the run with a checkpoint
   if (cfg.virtual_ranks > 0) return train_virtual(cfg, corpus);
   try {
     TrainResult r = train(cfg, corpus, MPI_COMM_WORLD);
-    return r.status == "completed" ? 0 : 3;
+    return r.status == "completed" ? 0 : r.status == "interrupted" ? kExitInterrupted : 3;
   } catch (const std::exception& e) {
     // A failure inside training may leave other ranks inside a collective: stop them all.
     std::fprintf(stderr, "lossytp: rank %d: training failed: %s\n", world_rank(), e.what());
     std::fflush(stderr);
+    // Rank 0 notices another rank's failure while it waits for it (run_control.h), marks
+    // metrics.h5 `failed` and aborts the job: give it the time to.
+    if (world_rank() != 0 && cfg.comm_timeout > 0)
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(cfg.comm_timeout, 30.0)));
     MPI_Abort(MPI_COMM_WORLD, 1);
     return 1;
   }

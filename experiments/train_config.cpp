@@ -69,6 +69,7 @@ nlohmann::json TrainConfig::to_json() const {
   j["data-seed"] = data.seed;
   j["net"] = net;
   j["save-interval"] = save_interval;
+  j["keep-checkpoints"] = keep_checkpoints;
   j["comm-timeout"] = comm_timeout;
   j["max-loss"] = max_loss;
   j["out"] = out;
@@ -168,6 +169,10 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
                  "resume from the latest checkpoint in this run folder (usually the same as --out)");
   app.add_option("--save-interval", c.save_interval, "write a checkpoint every N iterations (0: never)")
       ->capture_default_str();
+  app.add_option("--keep-checkpoints", c.keep_checkpoints,
+                 "keep the newest N checkpoints (0: all); --load falls back to an older one when "
+                 "the newest is corrupt")
+      ->capture_default_str();
   app.add_option("--comm-timeout", c.comm_timeout,
                  "seconds a collective may wait for its peers before the run fails (0: forever)")
       ->capture_default_str();
@@ -175,7 +180,9 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
       ->capture_default_str();
   app.add_option("--debug-nan-at", c.debug_nan_at, "testing: make the loss of iteration N NaN")
       ->group("");
-  app.add_option("--debug-fail-at", c.debug_fail_at, "testing: rank 0 throws at iteration N")
+  app.add_option("--debug-fail-at", c.debug_fail_at, "testing: a rank throws at iteration N")
+      ->group("");
+  app.add_option("--debug-fail-rank", c.debug_fail_rank, "testing: the rank that --debug-fail-at fails")
       ->group("");
   app.add_option("--out", c.out, "run folder for metrics.h5 (default: runs/<model>-tp<T>-dp<D>-<time>)");
   app.add_option("--virtual-ranks", c.virtual_ranks,
@@ -355,6 +362,7 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
     bad("--device " + c.device + ": " + why);
   if (c.virtual_ranks < 0) bad("--virtual-ranks must be >= 0");
   if (c.save_interval < 0) bad("--save-interval must be >= 0");
+  if (c.keep_checkpoints < 0) bad("--keep-checkpoints must be >= 0");
   if (c.comm_timeout < 0) bad("--comm-timeout must be >= 0");
   if (c.max_loss < 0) bad("--max-loss must be >= 0");
   if (!(c.data.eval_fraction > 0 && c.data.eval_fraction < 1))

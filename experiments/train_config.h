@@ -38,10 +38,12 @@ struct TrainConfig {
   std::string net = "exact";  // --net SPEC (netmodels/netmodel.h)
   std::string load;           // resume from the checkpoint in this run folder
   int save_interval = 0;      // checkpoint every N iterations (0: never)
+  int keep_checkpoints = 2;   // the newest N checkpoints stay on disk (0: all)
   double comm_timeout = 600;  // seconds a collective may wait before the run fails
   double max_loss = 0;        // a train loss above this marks the run diverged (0: off)
   int debug_nan_at = 0;       // testing: the loss of this iteration becomes NaN
-  int debug_fail_at = 0;      // testing: rank 0 throws at this iteration
+  int debug_fail_at = 0;      // testing: rank debug_fail_rank throws at this iteration
+  int debug_fail_rank = 0;
   std::string out;  // empty: runs/<model>-tp<tp>-dp<dp>-<time>
   std::string device = "cpu";  // cpu or cuda (one GPU per rank; virtual ranks share GPU 0)
   bool bf16 = false;           // bf16 GEMM operands and collectives, fp32 master weights

@@ -11,6 +11,7 @@
 
 #include "experiments/lr_schedule.h"
 #include "experiments/metrics_file.h"
+#include "experiments/run_control.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 #ifdef LOSSYTP_HAVE_CUDA
@@ -60,7 +61,7 @@ struct Batcher {
 // iteration's totals.
 SiteCounters log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>& before,
                       const std::map<std::string, SiteCounters>& after, int iteration) {
-  const size_t rows = m.int_series("comm/iteration") ? m.int_series("comm/iteration")->size() : 0;
+  const size_t rows = m.rows("comm/iteration");  // flushed rows included
   m.append("comm/iteration", iteration);
   SiteCounters total;
   for (const auto& [site, c] : after) {
@@ -77,7 +78,7 @@ SiteCounters log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>&
         {"retransmissions", c.retransmissions - b.retransmissions},
         {"elements_filled", c.elements_filled - b.elements_filled}};
     // a site seen for the first time gets zeros for the earlier rows
-    while ((m.int_series(base + "calls") ? m.int_series(base + "calls")->size() : 0) < rows) {
+    while (m.rows(base + "calls") < rows) {
       for (const auto& [name, v] : ints) m.append_int(base + name, 0);
       m.append(base + "sim_seconds", 0.0);
     }
@@ -149,6 +150,11 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, LocalWorld&
 
 TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ranks) {
   const int world = ranks.size, rank = ranks.rank;
+  if (rank == 0) {  // failure marks of an earlier attempt, removed before any rank can leave one
+    std::filesystem::create_directories(cfg.out);
+    clear_failure_marks(cfg.out);
+  }
+  ranks.run->barrier();
   const Layout layout = Layout::make(world, rank, cfg.tp, cfg.dp);
   auto groups = ranks.make_groups(layout);
   Comm& tp = *groups->tp;
@@ -157,7 +163,10 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     throw std::logic_error("the run's communicators work on another device than --device");
   // Control traffic of the run (loss, divergence, checkpoints): never lossy, never counted.
   Backend& run = *ranks.run;
-  for (Backend* b : {&tp.backend(), &dp.backend(), &run}) b->set_timeout(cfg.comm_timeout);
+  for (Backend* b : {&tp.backend(), &dp.backend(), &run}) {
+    b->set_timeout(cfg.comm_timeout);
+    b->set_wait_check(peer_failure_check(cfg.out, rank));  // a failed peer ends the wait
+  }
   auto net = std::make_shared<const net::NetSpec>(net::parse_net_spec(cfg.net));
   tp.set_network(net, cfg.seed);
   dp.set_network(net, cfg.seed);
@@ -180,10 +189,17 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   const std::string config_json = cfg.to_json().dump();
 
   int64_t start_it = 0;
+  std::string fallback;  // why newer checkpoints were passed over, when they were
   if (!cfg.load.empty()) {
-    start_it = latest_checkpoint(cfg.load);
-    if (start_it < 0) throw std::runtime_error("--load " + cfg.load + ": no checkpoint there");
-    load_checkpoint(cfg.load, rank, start_it, params, opt);
+    // every rank's file verified (checksum) and agreed on; an older one when the latest is corrupt
+    try {
+      start_it = load_intact_checkpoint(cfg.load, run, params, opt, &fallback);
+      if (leader && !cfg.quiet && !header && !fallback.empty())  // a grid run: no header
+        std::printf("%swarning: %s\n", cfg.progress_prefix.c_str(), fallback.c_str());
+    } catch (const std::exception& e) {
+      mark_failure(cfg.out, rank, e.what());
+      throw;
+    }
   }
 
   const int T = cfg.model.seq_length, mb = cfg.micro_batch_size;
@@ -238,7 +254,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     if (!net->exact() && layout.tp * layout.dp == 1)
       std::printf("note: a single rank sends no messages: the network model has nothing to act on\n");
     std::printf("output: %s/metrics.h5\n", cfg.out.c_str());
-    if (start_it > 0) std::printf("resumed from the checkpoint of iteration %lld\n", static_cast<long long>(start_it));
+    if (!fallback.empty()) std::printf("warning: %s\n", fallback.c_str());
+    else if (start_it > 0) std::printf("resumed from the checkpoint of iteration %lld\n", static_cast<long long>(start_it));
     std::fflush(stdout);
   }
 
@@ -262,7 +279,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   int window_iters = 0;
   try {
   for (int it = static_cast<int>(start_it); it < cfg.train_iters; ++it) {
-    if (cfg.debug_fail_at == it + 1 && leader)
+    if (cfg.debug_fail_at == it + 1 && rank == cfg.debug_fail_rank)
       throw std::runtime_error("injected failure at iteration " + std::to_string(it + 1) + " (--debug-fail-at)");
     const auto t0 = Clock::now();
     const auto comm_before = groups->stats->sites();
@@ -307,9 +324,12 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     // Under a lossy ring ranks can disagree: stop together when any rank sees a non-finite value.
     double bad = !std::isfinite(loss) || !std::isfinite(grad_norm) ||
                  (cfg.max_loss > 0 && loss > cfg.max_loss);
-    run.all_reduce_f64(&bad, 1, ReduceOp::Max);
-    const bool diverged = bad != 0;
+    // A stop signal (preemption) seen by any rank stops them all after this iteration.
+    double flags[2] = {bad, static_cast<double>(stop_signal())};
+    run.all_reduce_f64(flags, 2, ReduceOp::Max);
+    const bool diverged = flags[0] != 0;
     const bool last = iteration == cfg.train_iters || diverged;
+    const int stop_sig = last ? 0 : static_cast<int>(flags[1]);
     const bool do_eval = !diverged && cfg.eval_iters > 0 &&
                          ((cfg.eval_interval > 0 && iteration % cfg.eval_interval == 0) || last);
     double eval_loss = NAN;
@@ -347,18 +367,32 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       if (verbose) std::printf("run diverged at iteration %d (loss %g, grad_norm %g)\n", iteration, loss, grad_norm);
       break;
     }
-    if (cfg.save_interval > 0 && (iteration % cfg.save_interval == 0 || iteration == cfg.train_iters)) {
+    if (stop_sig != 0 ||
+        (cfg.save_interval > 0 && (iteration % cfg.save_interval == 0 || iteration == cfg.train_iters))) {
       // metrics first: every row up to the checkpoint is on disk before it can be resumed from
       if (leader) metrics->flush();
-      save_checkpoint(cfg.out, run, iteration, params, opt, config_json);
+      save_checkpoint(cfg.out, run, iteration, params, opt, config_json, cfg.keep_checkpoints);
+    }
+    if (stop_sig != 0) {
+      result.status = "interrupted";
+      if (verbose)
+        std::printf("%sinterrupted by %s after iteration %d: checkpoint written; resume with --load %s\n",
+                    cfg.progress_prefix.c_str(), signal_name(stop_sig).c_str(), iteration, cfg.out.c_str());
+      std::fflush(stdout);
+      break;
     }
   }
   } catch (const std::exception& e) {
     groups->abandoned = true;
+    // The first rank to fail tells the others; one that gave up waiting for it reports its cause.
+    const bool peer = dynamic_cast<const PeerFailed*>(&e) != nullptr;
+    const std::string cause = peer ? peer_failure(cfg.out, rank) : std::string(e.what());
+    if (!peer) mark_failure(cfg.out, rank, cause);
     if (leader) {
       metrics->set_attr("status", std::string("failed"));
-      metrics->set_attr("error", std::string(e.what()));
+      metrics->set_attr("error", cause.empty() ? std::string(e.what()) : cause);
       metrics->flush();
+      if (peer && !cause.empty()) throw std::runtime_error(cause);
     }
     throw;
   }

@@ -17,7 +17,7 @@
 namespace lossytp {
 
 struct TrainResult {
-  std::string status;  // completed, diverged (failures throw)
+  std::string status;  // completed, diverged, interrupted (a stop signal; failures throw)
   int64_t start_iteration = 0;     // > 0 when resumed from a checkpoint
   std::vector<double> train_loss;  // per iteration (every rank has it)
   std::vector<double> eval_loss;   // per evaluation
@@ -33,7 +33,10 @@ struct RunRanks {
 };
 
 // Throws on failure, after rank 0 has marked metrics.h5 `failed` with the message in the
-// attribute `error` (when rank 0 is the one that failed or noticed it through a timeout).
+// attribute `error`: its own, or that of the first rank that failed (experiments/run_control.h;
+// with --comm-timeout 0 or NCCL, only when rank 0 failed or noticed through a timeout).
+// A stop signal (run_control.h) ends the run after the iteration the ranks agree on, with a
+// checkpoint there and status `interrupted`.
 // Resumes from cfg.load's latest checkpoint when cfg.load is set. Progress lines go to stdout on
 // rank 0 unless cfg.quiet.
 TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ranks);

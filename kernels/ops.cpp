@@ -9,6 +9,9 @@
 #ifdef LOSSYTP_HAVE_CUDA
 #include "kernels/cuda/ops.h"
 #endif
+#ifdef LOSSYTP_CUDA_PLUGIN_PATH
+#include "kernels/cuda_plugin.h"
+#endif
 
 namespace lossytp::ops {
 
@@ -213,6 +216,9 @@ double available_memory(Device d) {
 std::string unavailable(Device d) {
   if (d == Device::CPU) return "";
 #ifdef LOSSYTP_HAVE_CUDA
+#ifdef LOSSYTP_CUDA_PLUGIN_PATH
+  if (std::string why = cuda::plugin_error(); !why.empty()) return why;  // loads the GPU plugin
+#endif
   if (!cuda::device_available())
     return "no CUDA GPU is visible to this process (driver missing, or CUDA_VISIBLE_DEVICES hides it)";
   return "";

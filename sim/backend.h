@@ -6,6 +6,7 @@
 // (control values: loss sums, norms, flags).
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -52,9 +53,13 @@ class Backend {
   double timeout() const { return timeout_s_; }
   // The group's members as ranks of the whole job, for messages about hangs.
   virtual std::vector<int> world_ranks() const { return {}; }
+  // Called now and then while a call waits for its peers (with a timeout set; not by NCCL); it
+  // throws to give up the wait, e.g. when another rank of the run has failed.
+  void set_wait_check(std::function<void()> check) { wait_check_ = std::move(check); }
 
  protected:
   double timeout_s_ = 0.0;
+  std::function<void()> wait_check_;
 };
 
 }  // namespace lossytp

@@ -7,6 +7,7 @@
 
 #ifdef LOSSYTP_HAVE_NCCL
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda_plugin.h"
 #include "sim/nccl_backend.h"
 #endif
 
@@ -70,13 +71,22 @@ std::unique_ptr<Groups> make_mpi_groups(MPI_Comm run_comm, const Layout& layout)
 }
 
 #ifdef LOSSYTP_HAVE_NCCL
+std::unique_ptr<Backend> make_nccl_backend(MPI_Comm comm) {
+  // The backend lives in the GPU plugin, with NCCL (kernels/cuda_plugin.h).
+  auto make = reinterpret_cast<decltype(&lossytp_new_nccl_backend)>(
+      cuda::plugin_symbol("lossytp_new_nccl_backend"));
+  if (!make) throw std::runtime_error("the GPU plugin has no NCCL backend (lossytp_new_nccl_backend)");
+  return std::unique_ptr<Backend>(make(comm));
+}
+
 std::unique_ptr<Groups> make_nccl_groups(MPI_Comm run_comm, const Layout& layout) {
+  if (const std::string why = cuda::plugin_error(); !why.empty()) throw std::runtime_error(why);
   if (cuda::device_count() < 1) throw std::runtime_error("the NCCL backend needs a GPU, and none is visible");
   auto g = split_groups(run_comm, layout);
   // Every rank creates its TP communicator, then its DP one: NCCL's init is collective over
   // each, and the same order everywhere cannot deadlock.
-  g->tp = std::make_unique<Comm>(std::make_unique<NcclBackend>(g->tp_comm), "tp", g->stats);
-  g->dp = std::make_unique<Comm>(std::make_unique<NcclBackend>(g->dp_comm), "dp", g->stats);
+  g->tp = std::make_unique<Comm>(make_nccl_backend(g->tp_comm), "tp", g->stats);
+  g->dp = std::make_unique<Comm>(make_nccl_backend(g->dp_comm), "dp", g->stats);
   g->tp->set_device(Device::CUDA);
   g->dp->set_device(Device::CUDA);
   return g;

@@ -229,6 +229,19 @@ class LocalBackend final : public Backend {
       return;
     }
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
+    // In slices, so that wait_check_ can give up the wait (a peer failed).
+    while (wait_check_ && !ready() && std::chrono::steady_clock::now() < deadline) {
+      if (g_->cv.wait_until(lock, std::min<std::decay_t<decltype(deadline)>>(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(100)), ready))
+        return;
+      lock.unlock();  // the check reads files: not under the group's lock
+      try {
+        wait_check_();
+      } catch (...) {
+        lock.lock();
+        throw;
+      }
+      lock.lock();
+    }
     if (!g_->cv.wait_until(lock, deadline, ready)) {
       std::string ranks;
       for (int r : g_->members) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);

@@ -46,7 +46,10 @@ void MpiBackend::wait(MPI_Request* reqs, int n, const char* what) {
     // or hung peer leaves the core to the ranks still computing.
     if ((spins & 255) != 0) continue;
     const auto now = Clock::now();
-    if (now - start > std::chrono::milliseconds(50)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    if (now - start > std::chrono::milliseconds(50)) {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      if (wait_check_) wait_check_();  // may give up; the requests stay pending, as below
+    }
     if (now > deadline) {
       std::string ranks;
       for (int r : world_ranks()) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);

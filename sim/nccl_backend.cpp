@@ -153,5 +153,10 @@ void NcclBackend::barrier() {
   wait("barrier");
 }
 
+// The plugin's factory (sim/nccl_backend.h); exported from the hidden-visibility plugin.
+extern "C" __attribute__((visibility("default"))) Backend* lossytp_new_nccl_backend(MPI_Comm comm) {
+  return new NcclBackend(comm);
+}
+
 }  // namespace lossytp
 #endif

@@ -47,5 +47,12 @@ class NcclBackend final : public Backend {
   std::vector<int> world_ranks_;
 };
 
+// NcclBackend lives in the GPU plugin (liblossytp_cuda.so, kernels/cuda_plugin.h), so that CPU
+// processes never map NCCL. make_nccl_backend is the core's way to one: it opens the plugin and
+// calls the plugin's factory, lossytp_new_nccl_backend (C linkage, for dlsym; defined in
+// sim/nccl_backend.cpp, part of the plugin only).
+std::unique_ptr<Backend> make_nccl_backend(MPI_Comm comm);
+extern "C" Backend* lossytp_new_nccl_backend(MPI_Comm comm);
+
 }  // namespace lossytp
 #endif

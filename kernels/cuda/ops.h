@@ -4,7 +4,8 @@
 // Determinism: every reduction has a fixed order, except embedding_backward (atomic adds: the
 // order of additions into one vocabulary row varies between runs).
 // Built only when CMake finds CUDA and NCCL (LOSSYTP_HAVE_CUDA); plain C++ callers include this
-// header, the kernels live in kernels/cuda/*.cu.
+// header, the kernels live in kernels/cuda/*.cu, built into the GPU plugin liblossytp_cuda.so: a
+// function the core or the tests call also needs its entry in kernels/cuda/plugin_functions.h.
 #pragma once
 #include <cstddef>
 #include <cstdint>

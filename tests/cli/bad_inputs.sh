@@ -69,6 +69,7 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
 fi
 expect_error 2 "data file $W/missing.txt: does not exist" train "${small[@]}" --data "$W/missing.txt"
 printf 'abc' > odd.bin
+expect_error 1 "--eval-data odd.bin needs --data" train "${small[@]}" --eval-data odd.bin
 expect_error 2 "odd.bin" train "${small[@]}" --data odd.bin
 python3 - <<'PY'
 import struct

@@ -270,7 +270,8 @@ TEST_CASE("tensors carry their device", "[gpu]") {
 }
 
 TEST_CASE("the NCCL backend moves device memory (one rank)", "[gpu]") {
-  NcclBackend b(MPI_COMM_SELF);
+  std::unique_ptr<Backend> owned = make_nccl_backend(MPI_COMM_SELF);  // from the GPU plugin
+  Backend& b = *owned;
   b.set_timeout(30);
   std::vector<float> x = {1, 2, 3, 4};
   Dev<float> gx(x), gy(4), gz(4);

@@ -302,6 +302,11 @@ TEST_CASE("token file errors name the file and the problem", "[data]") {
     opt.eval_path = d.file("nope_val.bin");
     require_throws_naming(opt, opt.eval_path, "does not exist");
   }
+  SECTION("an eval file without --data (the synthetic corpus would ignore it)") {
+    write_bytes(d.file("v.bin"), uint16_file({1, 2, 3}));
+    opt.eval_path = d.file("v.bin");
+    require_throws_naming(opt, opt.eval_path, "needs --data");
+  }
   SECTION("unreadable (a directory)") {
     opt.path = d.file("adir.bin");
     fs::create_directories(opt.path);
