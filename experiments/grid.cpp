@@ -486,6 +486,15 @@ int run_grid(const GridOptions& opt) {
                 format_duration(rep.value("seconds", 0.0)).c_str(), format_duration(eta).c_str());
   };
 
+  // Rank 0: the runs of a round are `running` in grid.json while they train, so a job that dies
+  // meanwhile (kill -9 of a rank, which makes mpirun abort the job; a lost node) leaves grid.json
+  // naming the runs it was training. The next invocation resumes them like any unfinished run.
+  auto mark_running = [&](const std::vector<size_t>& runs, size_t first, size_t count) {
+    for (size_t k = first; k < std::min(runs.size(), first + count); ++k)
+      state[runs[k]] = nlohmann::json{{"status", "running"}};
+    write_manifest(grid, opt.out, state);
+  };
+
   // Size classes in order of first appearance: groups of S ranks, round after round.
   std::vector<int> sizes;
   for (size_t i = 0; i < n; ++i)
@@ -504,6 +513,7 @@ int run_grid(const GridOptions& opt) {
       // One process: each run of the round is a LocalWorld of S threads.
       for (size_t round = 0; round * G < runs.size(); ++round) {
         const size_t first = round * G, count = std::min<size_t>(G, runs.size() - first);
+        mark_running(runs, first, count);
         std::vector<nlohmann::json> reports(count);
         std::vector<std::thread> threads;
         std::vector<std::unique_ptr<LocalWorld>> worlds;
@@ -536,6 +546,7 @@ int run_grid(const GridOptions& opt) {
     MPI_Comm group = MPI_COMM_NULL;
     MPI_Comm_split(MPI_COMM_WORLD, color, me, &group);
     for (size_t round = 0; round * G < runs.size(); ++round) {
+      if (me == 0) mark_running(runs, round * G, G);
       nlohmann::json report;  // this rank's news for rank 0 (group leaders only)
       if (group != MPI_COMM_NULL && round * G + color < runs.size()) {
         const size_t idx = runs[round * G + color];

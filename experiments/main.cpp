@@ -21,6 +21,7 @@
 #include "experiments/dry_run.h"
 #include "kernels/ops.h"
 #include "experiments/grid.h"
+#include "experiments/metrics_file.h"
 #include "experiments/run_control.h"
 #include "experiments/train_config.h"
 #include "experiments/trainer.h"
@@ -164,6 +165,14 @@ int cmd_train(TrainOptions& opts) {
     fs::path metrics = fs::path(cfg.out) / "metrics.h5";
     const bool resuming_here = !cfg.load.empty() && fs::exists(cfg.out, ec) && fs::equivalent(cfg.load, cfg.out, ec);
     if (!cfg.load.empty()) error = check_resumable(cfg);
+    if (error.empty() && resuming_here && fs::exists(metrics, ec)) {
+      // the run's metrics.h5 is continued: a damaged one stops the resume before anything starts
+      try {
+        (void)MetricsFile::load(metrics.string());
+      } catch (const std::exception& e) {
+        error = damaged_metrics_message(metrics.string(), e.what());
+      }
+    }
     if (!error.empty()) {
       // nothing is created for a run that cannot start
     } else if (fs::exists(metrics, ec) && !cfg.overwrite && !resuming_here)

@@ -148,6 +148,12 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, LocalWorld&
   return train(cfg, corpus, std::move(r));
 }
 
+std::string damaged_metrics_message(const std::string& path, const std::string& why) {
+  return "cannot resume: " + why + ". It and the checkpoints are left untouched; to resume, move it aside (mv " +
+         path + " " + path + ".damaged): the run then starts a new metrics.h5 holding only the iterations after "
+         "its checkpoint";
+}
+
 TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ranks) {
   const int world = ranks.size, rank = ranks.rank;
   if (rank == 0) {  // failure marks of an earlier attempt, removed before any rank can leave one
@@ -218,7 +224,16 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     std::error_code ec;
     if (start_it > 0 && fs::exists(path) && fs::equivalent(cfg.load, cfg.out, ec)) {
       // continue the run's own file; rows past the checkpoint are dropped, not duplicated
-      metrics = std::make_unique<MetricsFile>(MetricsFile::load(path));
+      try {
+        metrics = std::make_unique<MetricsFile>(MetricsFile::load(path));
+      } catch (const std::exception& e) {
+        // A damaged file is left as it is (and the checkpoints too): the other ranks learn of
+        // it from the failure mark rather than after --comm-timeout. (lossytp train checks the
+        // file before starting; a grid reaches this.)
+        const std::string why = damaged_metrics_message(path, e.what());
+        mark_failure(cfg.out, rank, why);
+        throw std::runtime_error(why);
+      }
       for (const char* g : {"train", "eval", "comm"}) metrics->truncate_after(g, start_it);
     } else {
       metrics = std::make_unique<MetricsFile>(path);

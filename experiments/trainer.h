@@ -45,4 +45,9 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
 // Virtual rank `rank` of a LocalWorld: every thread of the world calls it (--virtual-ranks).
 TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, LocalWorld& world, int rank);
 
+// Why a resume cannot continue the run's metrics.h5 at `path` (`why`: MetricsFile::load's error,
+// which names the file) and what to do; both `lossytp train --load` (before anything starts,
+// exit status 2) and a grid's resumed run (which then fails) report it. Nothing is modified.
+std::string damaged_metrics_message(const std::string& path, const std::string& why);
+
 }  // namespace lossytp

@@ -10,7 +10,7 @@ L=$1; W=$2
 rm -rf "$W"; mkdir -p "$W"; cd "$W"
 fail() { echo "FAIL: $*"; exit 1; }
 PY=/usr/bin/python3
-$PY -c 'import h5py' 2>/dev/null || { echo "SKIP: /usr/bin/python3 has no h5py"; exit 0; }
+$PY -c 'import h5py' 2>/dev/null || { echo "SKIPPED: /usr/bin/python3 has no h5py (apt-get install python3-h5py)"; exit 77; }
 
 args=(train --num-layers 2 --hidden-size 64 --num-attention-heads 2 --seq-length 32
       --vocab-size 256 --micro-batch-size 2 --tp 2 --virtual-ranks 2 --threads 1

@@ -13,7 +13,7 @@ fails=0; passes=0
 ok() { echo "ok: $*"; passes=$((passes+1)); }
 bad() { echo "FAIL: $*"; fails=$((fails+1)); }
 PY=/usr/bin/python3
-$PY -c "import h5py" 2>/dev/null || { echo "SKIP: /usr/bin/python3 has no h5py"; exit 0; }
+$PY -c "import h5py" 2>/dev/null || { echo "SKIPPED: /usr/bin/python3 has no h5py (apt-get install python3-h5py)"; exit 77; }
 
 small=(--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --vocab-size 128
        --micro-batch-size 4 --train-iters 200 --log-interval 1 --eval-interval 50 --eval-iters 1

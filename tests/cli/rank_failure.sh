@@ -12,7 +12,7 @@ fails=0; passes=0
 ok() { echo "ok: $*"; passes=$((passes+1)); }
 bad() { echo "FAIL: $*"; fails=$((fails+1)); }
 PY=/usr/bin/python3
-$PY -c "import h5py" 2>/dev/null || { echo "SKIP: /usr/bin/python3 has no h5py"; exit 0; }
+$PY -c "import h5py" 2>/dev/null || { echo "SKIPPED: /usr/bin/python3 has no h5py (apt-get install python3-h5py)"; exit 77; }
 
 small=(--num-layers 1 --hidden-size 32 --num-attention-heads 4 --seq-length 16 --vocab-size 64
        --micro-batch-size 2 --train-iters 50 --threads 1 --quiet --tp 2
