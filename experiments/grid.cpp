@@ -5,7 +5,7 @@
 
 #include <mpi.h>
 
-#include <toml++/toml.h>
+#include "experiments/toml.h"
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -140,14 +140,7 @@ Grid load_grid(const std::string& path, const std::string& out_dir) {
   g.file = path;
   const std::string text = read_text(path);
   g.file_hash = hex64(fnv1a64(text.c_str()));
-  toml::table root;
-  try {
-    root = toml::parse(text, path);
-  } catch (const toml::parse_error& e) {
-    std::ostringstream os;
-    os << path << ":" << e.source().begin.line << ":" << e.source().begin.column << ": " << e.description();
-    throw std::invalid_argument(os.str());
-  }
+  const toml::table root = parse_toml_text(text, path);
   CLI::App app;
   TrainOptions probe;
   add_train_options(app, probe);

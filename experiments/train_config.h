@@ -13,7 +13,7 @@
 #include "models/config.h"
 
 namespace CLI { class App; }
-namespace toml { inline namespace v3 { class node; } }
+namespace toml { inline namespace v3 { class node; class table; } }
 
 namespace lossytp {
 
@@ -90,6 +90,11 @@ void append_key_value(std::vector<std::string>& args, const CLI::App& app, const
 // `where` (e.g. "grid.toml, run net=ge-one_seed=1").
 TrainConfig train_config_from_keys(const std::vector<std::pair<std::string, std::string>>& kv,
                                    const std::string& where);
+
+// Parses a TOML text (`path` names it in errors; config and grid files). Throws
+// std::invalid_argument "path:line:column: what", also for a non-ASCII character outside a
+// string or comment (invalid TOML, and undefined behaviour inside toml++ 3.3).
+toml::table parse_toml_text(const std::string& text, const std::string& path);
 
 // A TOML scalar as a flag value (numbers in full precision). Throws for tables and arrays.
 std::string toml_value_to_arg(const toml::node& n, const std::string& file, const std::string& key);

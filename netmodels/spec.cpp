@@ -96,6 +96,11 @@ void apply_common(const std::string& key, const std::string& value, NetSpec& spe
   } else if (key == "scope") {
     for (const std::string& g : split(value, '|')) {
       if (g.empty()) bad("empty pattern in " + quote(tok));
+      // Site names hold none, and the spec text is trimmed: a pattern with one would not survive
+      // parse_net_spec(describe()) (found by tests/fuzz/fuzz_net_spec).
+      for (const char ch : g)
+        if (static_cast<unsigned char>(ch) <= ' ' || ch == '\x7f')
+          bad("pattern " + quote(g) + " in " + quote(tok) + " holds a space or control character");
       if (std::find(spec.scopes.begin(), spec.scopes.end(), g) == spec.scopes.end())
         spec.scopes.push_back(g);
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real training run killed (-9) at random moments: each time, h5dump and h5py open its
 # metrics.h5, and it holds a prefix of an uninterrupted run's rows (bit for bit, every train and
-# comm series), ending at a flush (a multiple of the log interval, or the last iteration).
+# comm series), ending at a flush (a multiple of the log or eval interval, or the last iteration).
 # Readers also open it while the run writes. (The writer alone, killed hundreds of times with
 # exact flush bookkeeping: ctest -R metrics_crash.)
 # usage: metrics_crash.sh path/to/lossytp workdir
@@ -27,7 +27,8 @@ if "train" not in f:  # the flush at the start: attributes only
     print(0)
     sys.exit(0)
 n = f["train/iteration"].shape[0]
-assert n % log_interval == 0 or n == iters, f"{n} rows: not at a flush"
+# flushes: every log interval, at every evaluation (--eval-interval 50) and at the end
+assert n % log_interval == 0 or n % 50 == 0 or n == iters, f"{n} rows: not at a flush"
 def series(g, prefix=""):
     out = []
     g.visititems(lambda k, v: out.append(prefix + k) if isinstance(v, h5py.Dataset) else None)

@@ -5,6 +5,9 @@
 #include <fstream>
 
 #include "experiments/grid.h"
+#include "experiments/train_config.h"
+
+#include "experiments/toml.h"
 
 using namespace lossytp;
 namespace fs = std::filesystem;
@@ -107,4 +110,34 @@ TEST_CASE("bad grid files are rejected with a message naming the problem", "[gri
   CHECK_THAT(err("x.toml", "[base\n"), Catch::Contains("x.toml:1"));
   CHECK_THAT(err("missing.toml", ""), Catch::Contains("no runs"));
   CHECK_THROWS_WITH(load_grid("/nonexistent/grid.toml", "out"), Catch::Contains("cannot read grid file"));
+}
+
+// Found by tests/fuzz/fuzz_config: a malformed table header broke a precondition asserted inside
+// toml++ 3.3 (experiments/toml.h), which aborted builds with assertions on (Debug, sanitizers)
+// instead of reporting the error. These inputs must give the file, line and column.
+TEST_CASE("malformed table headers in a grid or config file are errors, not aborts", "[grid]") {
+  const std::string f = write_grid("header.toml", std::string("[base]\nmodel = \"gpt-tiny\"\n"
+                                                              "train-iters = 0\n[[\x17uns]]\nnet = \"exact\"\n"));
+  CHECK_THROWS_WITH(load_grid(f, "out"), Catch::StartsWith(f + ":4:3: "));
+  for (const char* text : {"[/s[s", "[[[1]]]", "[[[a]]", "[[=", "a = 1\n[ /]\n"})
+    CHECK_THROWS_AS(parse_toml_text(text, "x.toml"), std::invalid_argument);
+  CHECK(parse_toml_text("a = 1\r\n\tb = \"\xc3\xa9\"\n", "x.toml").size() == 2);  // CRLF, tab, UTF-8
+}
+
+// Found by tests/fuzz/fuzz_config: a non-ASCII letter in a bare key ("train\u0456ters") reached
+// TOML_UNREACHABLE inside toml++ 3.3 (undefined behaviour in every build). Such characters are
+// refused first, naming where; in strings and comments they stay valid.
+TEST_CASE("a non-ASCII character outside strings and comments is refused, naming where", "[grid]") {
+  CHECK_THROWS_WITH(parse_toml_text("a = 1\ntrain\xd1\x96ters = 5\n", "x.toml"),
+                    Catch::StartsWith("x.toml:2:6: a non-ASCII character"));
+  CHECK_THROWS_WITH(parse_toml_text("mod\xc3\xa8l = 1", "x.toml"), Catch::StartsWith("x.toml:1:4: "));
+  const auto t = parse_toml_text("# caf\xc3\xa9\n"
+                                 "a = \"caf\xc3\xa9 \\\" \xc3\xa9\"  # \xc3\xa9\n"
+                                 "b = 'caf\xc3\xa9'\n"
+                                 "c = \"\"\"x\n\xc3\xa9 \"\" \\\"\"\" \xc3\xa9\"\"\"\n"
+                                 "d = '''\xc3\xa9\n' '' \xc3\xa9'''\n"
+                                 "\"k\xc3\xa9\" = 1\n",
+                                 "x.toml");
+  CHECK(t.size() == 5);
+  CHECK(t["a"].value<std::string>() == "caf\xc3\xa9 \" \xc3\xa9");
 }

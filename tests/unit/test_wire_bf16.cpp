@@ -225,6 +225,9 @@ TEST_CASE("native and endpoint paths with bf16: contributions and results rounde
 
 TEST_CASE("wire bf16: the cross-entropy statistics stay fp32", "[bf16][wire]") {
   const size_t n = 64;
+  // Per-rank outcomes, checked after the threads end (Catch2's assertions are not thread-safe).
+  std::vector<int> ce_exact_of(2), act_bf16_of(2);
+  std::vector<int64_t> ce_bytes_of(2);
   on_ranks(2, [&](int r, Comm& comm) {
     std::vector<float> ce = values(n, r), act = values(n, r);
     comm.all_reduce(ce.data(), n, "ce.sumexp");
@@ -235,8 +238,13 @@ TEST_CASE("wire bf16: the cross-entropy statistics stay fp32", "[bf16][wire]") {
       ce_exact = ce_exact && ce[i] == a[i] + b[i];
       act_bf16 = act_bf16 && is_bf16(act[i]);
     }
-    CHECK(ce_exact);
-    CHECK(act_bf16);
-    CHECK(comm.stats().site("ce.sumexp").bytes == 2 * static_cast<int64_t>(n / 2 * sizeof(float)));
+    ce_exact_of[r] = ce_exact;
+    act_bf16_of[r] = act_bf16;
+    ce_bytes_of[r] = comm.stats().site("ce.sumexp").bytes;
   });
+  for (int r = 0; r < 2; ++r) {
+    CHECK(ce_exact_of[r]);
+    CHECK(act_bf16_of[r]);
+    CHECK(ce_bytes_of[r] == 2 * static_cast<int64_t>(n / 2 * sizeof(float)));
+  }
 }
