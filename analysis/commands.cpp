@@ -96,8 +96,10 @@ void print_table(const Summary& s, const std::vector<SeedGroup>& groups) {
   }
   size_t width = 6;
   for (const auto& l : labels) width = std::max(width, l.size());
-  std::printf("  %-*s  %-9s  %-26s  %s\n", static_cast<int>(width), "config", "completed",
-              "final eval loss (± 95% CI)", "gap vs exact twin [95% CI]");
+  const bool acc = s.has_accuracy();
+  std::printf("  %-*s  %-9s  %-26s  %-28s%s\n", static_cast<int>(width), "config", "completed",
+              "final eval loss (± 95% CI)", "gap vs exact twin [95% CI]",
+              acc ? "  accuracy (± 95% CI), gap vs exact twin" : "");
   for (size_t i = 0; i < groups.size(); ++i) {
     const SeedGroup& g = groups[i];
     const std::string runs = std::to_string(g.completed) + "/" + std::to_string(g.run_ids.size());
@@ -114,8 +116,17 @@ void print_table(const Summary& s, const std::vector<SeedGroup>& groups) {
         gap += " [" + signed_fixed(*g.eval_loss_gap.ci_low) + ", " +
                signed_fixed(*g.eval_loss_gap.ci_high) + "]";
     }
-    std::printf("  %-*s  %-9s  %-26s  %s\n", static_cast<int>(width), labels[i].c_str(),
-                runs.c_str(), eval.c_str(), gap.c_str());
+    std::string accuracy;
+    if (acc) {
+      accuracy = "  -";
+      if (g.final_accuracy.mean) {
+        accuracy = "  " + fixed(*g.final_accuracy.mean);
+        if (g.final_accuracy.ci_high) accuracy += " ± " + fixed(*g.final_accuracy.ci_high - *g.final_accuracy.mean);
+        if (g.accuracy_gap.mean) accuracy += ", " + signed_fixed(*g.accuracy_gap.mean);
+      }
+    }
+    std::printf("  %-*s  %-9s  %-26s  %-28s%s\n", static_cast<int>(width), labels[i].c_str(),
+                runs.c_str(), eval.c_str(), gap.c_str(), accuracy.c_str());
   }
 }
 

@@ -11,6 +11,9 @@ DIR is a folder of runs, DIR/<run-id>/metrics.h5 (or one run folder). Writes int
   gap_vs_loss_rate.png  final eval loss minus the exact twin's vs observed packet loss rate, one
                         colour and marker per model family; small points are seeds, large ones
                         the mean over seeds.
+  accuracy.png          only when a run has /eval/accuracy (--eval-task): downstream accuracy
+                        (solid) and length-normalised accuracy (dotted) vs iteration, one colour
+                        per network model, median over seeds with a min-max band.
   time_to_target.png    only when a run's net spec has transport=reliable: cumulative simulated
                         communication time vs train loss, and the time each model needs to reach
                         the target loss = 1.05 x the exact runs' final train loss.
@@ -167,6 +170,7 @@ def load_run(run_id, folder):
             train_it, train_loss = series("train/iteration"), series("train/loss")
             eval_it, eval_loss = series("eval/iteration"), series("eval/loss")
             sim_comm = series("train/sim_comm_s")
+            acc, acc_norm = series("eval/accuracy"), series("eval/accuracy_norm")
     except Exception as e:  # noqa: BLE001 - any failure to read is the user's to see
         fail("metrics file %s: cannot be read (%s)" % (path, e))
     config = {}
@@ -185,7 +189,7 @@ def load_run(run_id, folder):
         "tp": config.get("tensor-model-parallel-size"),
         "dp": config.get("data-parallel-size"),
         "train_it": train_it, "train_loss": train_loss, "eval_it": eval_it, "eval_loss": eval_loss,
-        "sim_comm": sim_comm,
+        "sim_comm": sim_comm, "acc": acc, "acc_norm": acc_norm,
         "floor": as_float(attrs["data_entropy_floor"]) if "data_entropy_floor" in attrs else None,
         "loss_rate": as_float(attrs["observed_loss_rate"]) if "observed_loss_rate" in attrs else None,
     }
@@ -570,7 +574,72 @@ def plot_gap(runs, outdir):
 
 
 # ------------------------------------------------------------------------------------------
-# 3. time to target (reliable transport vs lossy)
+# 3. downstream accuracy (--eval-task)
+
+def plot_accuracy(runs, outdir):
+    usable = [r for r in runs if r["acc"] is not None and len(r["acc"]) and r["eval_it"] is not None]
+    if not usable:
+        print("note: accuracy.png skipped: no run has /eval/accuracy (train with --eval-task)")
+        return None
+    nets = net_order(usable)
+    colours = net_colours(nets)
+    facets = sorted({r["facet"] for r in usable})
+    rows, cols = grid_shape(len(facets))
+    fig, axes = plt.subplots(rows, cols, figsize=(7.0 * cols, 4.6 * rows), squeeze=False,
+                             sharey=True)
+    handles, labels = [], []
+    any_band = any_norm = False
+    for ax, facet in zip(axes.flat, facets):
+        in_facet = [r for r in usable if r["facet"] == facet]
+        for net in nets:
+            group = [r for r in in_facet if r["net"] == net]
+            if not group:
+                continue
+            c = colours[net]
+            z = 2.5 if is_exact(net) else 3
+            for key, ls in (("acc", "-"), ("acc_norm", ":")):
+                # rows of eval/accuracy are those of eval/iteration (NaN where not evaluated)
+                b = band([(r["eval_it"], r[key]) for r in group if r[key] is not None])
+                if b is None or not len(b[0]):
+                    continue
+                it, med, lo, hi = b
+                ax.plot(it, med, color=c, ls=ls, marker="o" if ls == "-" else None, ms=3.5,
+                        lw=2.2 if is_exact(net) else 1.4, zorder=z)
+                any_norm = any_norm or key == "acc_norm"
+                if len(group) > 1:
+                    ax.fill_between(it, lo, hi, color=c, alpha=0.12, lw=0, zorder=z - 2)
+                    any_band = True
+            label = "%s (%s)" % (net, seeds_text(len(group)))
+            if label not in labels:
+                labels.append(label)
+                handles.append(Line2D([], [], color=c, lw=2.2 if is_exact(net) else 2))
+        ax.set_xlabel("iteration (optimizer steps)")
+        if facet:
+            ax.set_title(facet_label(facet), fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.flat[len(facets):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (fraction of examples)")
+    style = [Line2D([], [], color="gray", lw=1.6, marker="o", ms=3.5,
+                    label="accuracy (largest log-likelihood), median over seeds")]
+    if any_norm:
+        style.append(Line2D([], [], color="gray", lw=1.6, ls=":",
+                            label="length-normalised (per choice token)"))
+    if any_band:
+        style.append(Patch(color="gray", alpha=0.25, label="band: min–max over seeds"))
+    fig.legend(handles + [Line2D([], [], color="none")] + style,
+               labels + [""] + [h.get_label() for h in style], loc="upper left",
+               bbox_to_anchor=(1.0, 0.93), title="network model (--net)", fontsize=8.5,
+               title_fontsize=9, frameon=False)
+    fig.suptitle("Downstream accuracy (--eval-task) by network model (exact = black)", fontsize=12)
+    fig.tight_layout()
+    return save(fig, outdir, "accuracy.png")
+
+
+# ------------------------------------------------------------------------------------------
+# 4. time to target (reliable transport vs lossy)
 
 def is_reliable(net):
     return "transport=reliable" in net
@@ -687,6 +756,7 @@ def main(argv):
     plt.rcParams.update({"font.size": 9.5})
     plot_loss_curves(runs, outdir)
     plot_gap(runs, outdir)
+    plot_accuracy(runs, outdir)
     plot_time_to_target(runs, outdir)
 
 

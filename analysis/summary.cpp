@@ -184,6 +184,8 @@ RunRecord load_run(const std::string& id, const fs::path& folder) {
     for (double x : *ev)
       if (std::isfinite(x) && (!r.best_eval_loss || x < *r.best_eval_loss)) r.best_eval_loss = x;
   }
+  if (const auto a = series_values(m, "eval/accuracy"); a && !a->empty()) r.final_accuracy = a->back();
+  if (const auto a = series_values(m, "eval/accuracy_norm"); a && !a->empty()) r.final_accuracy_norm = a->back();
   if (const auto sc = series_values(m, "train/sim_comm_s")) {
     double sum = 0;
     for (double x : *sc) sum += x;
@@ -442,6 +444,38 @@ void compute_gaps(std::vector<RunRecord>& runs) {
     r.eval_loss_gap = *r.final_eval_loss - *t->final_eval_loss;
     r.twin = t->id;
   }
+  // Accuracy gaps (--eval-task): against the best exact twin that has an accuracy, by the same
+  // order; it names the twin when the loss gap found none.
+  std::map<std::string, std::vector<const RunRecord*>> exact_acc;
+  for (const auto& r : runs)
+    if (is_exact_spec(r.net) && r.final_accuracy && !r.path.empty()) exact_acc[twin_key(r.config)].push_back(&r);
+  for (auto& [k, v] : exact_acc)
+    std::stable_sort(v.begin(), v.end(), [](const RunRecord* a, const RunRecord* b) {
+      const bool ca = a->status == "completed", cb = b->status == "completed";
+      if (ca != cb) return ca;
+      return a->id < b->id;
+    });
+  for (auto& r : runs) {
+    r.accuracy_gap.reset();
+    r.accuracy_norm_gap.reset();
+    if (!r.final_accuracy || r.path.empty()) continue;
+    const RunRecord* t = &r;
+    if (!is_exact_spec(r.net)) {
+      auto it = exact_acc.find(twin_key(r.config));
+      if (it == exact_acc.end()) continue;
+      t = it->second.front();
+    }
+    r.accuracy_gap = *r.final_accuracy - *t->final_accuracy;
+    if (r.final_accuracy_norm && t->final_accuracy_norm)
+      r.accuracy_norm_gap = *r.final_accuracy_norm - *t->final_accuracy_norm;
+    if (r.twin.empty()) r.twin = t->id;
+  }
+}
+
+bool Summary::has_accuracy() const {
+  for (const auto& r : runs)
+    if (r.final_accuracy) return true;
+  return false;
 }
 
 Summary summarize_dir(const std::string& dir) {
@@ -539,7 +573,10 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
     key.push_back(opt_cell(r.tp));
     key.push_back(opt_cell(r.dp));
     auto [it, fresh] = index.emplace(key, groups.size());
-    if (fresh) groups.push_back(SeedGroup{key, {}, 0, {}, {}, {}, {}});
+    if (fresh) {
+      groups.emplace_back();
+      groups.back().key = key;
+    }
     groups[it->second].run_ids.push_back(r.id);
   }
   // Order: by the parameters (numbers as numbers), the exact group first among equals, then
@@ -560,11 +597,15 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
   std::map<std::string, const RunRecord*> by_id;
   for (const auto& r : s.runs) by_id[r.id] = &r;
   for (auto& g : groups) {
-    std::vector<double> fel, gap, olr;
+    std::vector<double> fel, gap, olr, acc[4];
     for (const auto& id : g.run_ids) {
       const RunRecord& r = *by_id.at(id);
       if (r.status != "completed") continue;
       ++g.completed;
+      const std::optional<double>* a[4] = {&r.final_accuracy, &r.accuracy_gap, &r.final_accuracy_norm,
+                                           &r.accuracy_norm_gap};
+      for (int i = 0; i < 4; ++i)
+        if (*a[i] && std::isfinite(**a[i])) acc[i].push_back(**a[i]);
       if (r.final_eval_loss && std::isfinite(*r.final_eval_loss)) fel.push_back(*r.final_eval_loss);
       if (r.eval_loss_gap && std::isfinite(*r.eval_loss_gap)) gap.push_back(*r.eval_loss_gap);
       if (r.observed_loss_rate && std::isfinite(*r.observed_loss_rate))
@@ -575,6 +616,10 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
     if (g.eval_loss_gap.ci_low)
       g.gap_ci_contains_zero = *g.eval_loss_gap.ci_low <= 0 && 0 <= *g.eval_loss_gap.ci_high;
     g.observed_loss_rate_mean = describe_sample(olr).mean;
+    g.final_accuracy = describe_sample(acc[0]);
+    g.accuracy_gap = describe_sample(acc[1]);
+    g.final_accuracy_norm = describe_sample(acc[2]);
+    g.accuracy_norm_gap = describe_sample(acc[3]);
   }
   return groups;
 }
@@ -587,6 +632,10 @@ std::string summary_csv(const Summary& s) {
                         "net_stationary_loss_rate", "tokens_per_second", "sim_comm_seconds",
                         "data_entropy_floor", "eval_loss_gap", "exact_twin"})
     header.push_back(c);
+  const bool acc = s.has_accuracy();  // accuracy columns only for --eval-task runs
+  if (acc)
+    for (const char* c : {"final_accuracy", "final_accuracy_norm", "accuracy_gap", "accuracy_norm_gap"})
+      header.push_back(c);
   std::string out;
   append_row(out, header);
   for (const auto& r : s.runs) {
@@ -600,6 +649,9 @@ std::string summary_csv(const Summary& s) {
           opt_cell(r.sim_comm_seconds), opt_cell(r.data_entropy_floor),
           opt_cell(r.eval_loss_gap), r.twin})
       row.push_back(c);
+    if (acc)
+      for (const auto* v : {&r.final_accuracy, &r.final_accuracy_norm, &r.accuracy_gap, &r.accuracy_norm_gap})
+        row.push_back(opt_cell(*v));
     append_row(out, row);
   }
   return out;
@@ -613,6 +665,10 @@ std::string aggregate_csv(const Summary& s, const std::vector<SeedGroup>& groups
         "eval_loss_gap_std", "eval_loss_gap_ci95_low", "eval_loss_gap_ci95_high",
         "gap_ci_contains_zero", "observed_loss_rate_mean"})
     header.push_back(c);
+  const bool acc = s.has_accuracy();
+  if (acc)
+    for (const char* stat : {"final_accuracy", "accuracy_gap", "final_accuracy_norm", "accuracy_norm_gap"})
+      for (const char* part : {"_mean", "_std", "_ci95_low", "_ci95_high"}) header.push_back(std::string(stat) + part);
   std::string out;
   append_row(out, header);
   for (const auto& g : groups) {
@@ -626,6 +682,9 @@ std::string aggregate_csv(const Summary& s, const std::vector<SeedGroup>& groups
           std::string(g.gap_ci_contains_zero ? (*g.gap_ci_contains_zero ? "true" : "false") : ""),
           opt_cell(g.observed_loss_rate_mean)})
       row.push_back(c);
+    if (acc)
+      for (const Stat* a : {&g.final_accuracy, &g.accuracy_gap, &g.final_accuracy_norm, &g.accuracy_norm_gap})
+        for (const auto* v : {&a->mean, &a->std, &a->ci_low, &a->ci_high}) row.push_back(opt_cell(*v));
     append_row(out, row);
   }
   return out;

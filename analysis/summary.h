@@ -1,7 +1,8 @@
 // The summary of a folder of runs: one row per run (its swept parameters, status, final losses,
 // observed loss rate, throughput, simulated communication time and the eval-loss gap against its
-// exact twin) and one row per configuration aggregated over seeds (mean, sample std and Student-t
-// 95 % confidence interval of the final eval loss and of the gap). docs/experiments.md describes
+// exact twin; with --eval-task, the final accuracy and its gap) and one row per configuration
+// aggregated over seeds (mean, sample std and Student-t 95 % confidence interval of the final
+// eval loss, of the gap, and of the accuracy and its gap). docs/experiments.md describes
 // every column; commands.h turns this into `lossytp summarize`.
 #pragma once
 #include <cstdint>
@@ -39,6 +40,9 @@ struct RunRecord {
   std::optional<double> sim_comm_seconds;     // sum of /train/sim_comm_s
   std::optional<double> eval_loss_gap;        // final_eval_loss - the exact twin's
   std::string twin;                           // id of the exact twin the gap was taken against
+  // --eval-task runs: last /eval/accuracy and /eval/accuracy_norm, and their differences to the
+  // exact twin's (the twin with an accuracy, chosen as for the loss gap)
+  std::optional<double> final_accuracy, final_accuracy_norm, accuracy_gap, accuracy_norm_gap;
 };
 
 struct Summary {
@@ -50,6 +54,7 @@ struct Summary {
   // between runs except out and threads.
   std::vector<std::string> params;
   std::vector<RunRecord> runs;  // sorted by id
+  bool has_accuracy() const;    // some run logged /eval/accuracy: the accuracy columns are written
 };
 
 // Folders under `dir` holding a metrics.h5: `dir` itself and its direct subfolders (hidden ones
@@ -84,6 +89,7 @@ struct SeedGroup {
   Stat final_eval_loss, eval_loss_gap;
   std::optional<bool> gap_ci_contains_zero;  // empty when fewer than 2 gaps
   std::optional<double> observed_loss_rate_mean;
+  Stat final_accuracy, accuracy_gap, final_accuracy_norm, accuracy_norm_gap;  // --eval-task runs
 };
 std::vector<std::string> group_columns(const Summary& s);
 std::vector<SeedGroup> aggregate_over_seeds(const Summary& s);

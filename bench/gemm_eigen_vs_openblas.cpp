@@ -221,7 +221,7 @@ void bench_step() {
       cpu::ce_local_max(rmax.data(), logits.data(), N, V);
       cpu::ce_local_target(tgt_logit.data(), logits.data(), tgt.data(), N, V, 0);
       cpu::ce_local_exp_sum(sumexp.data(), logits.data(), rmax.data(), N, V);
-      cpu::ce_losses(losses.data(), rmax.data(), sumexp.data(), tgt_logit.data(), N);
+      cpu::ce_losses(losses.data(), rmax.data(), sumexp.data(), tgt_logit.data(), tgt.data(), N);
       cpu::ce_backward_inplace(logits.data(), sumexp.data(), tgt.data(), dloss.data(), N, V, 0);
     });
     // ---- backward

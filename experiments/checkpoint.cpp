@@ -393,6 +393,22 @@ void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, Pa
   opt.set_t(h.adam_t);
 }
 
+std::vector<float> read_checkpoint_values(const std::string& run_dir, int rank, int64_t iteration,
+                                          int* tp_rank, int* tp_size) {
+  const fs::path path = file_of(run_dir, rank, iteration);
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("checkpoint file " + path.string() + " is missing");
+  Header h{};
+  if (const std::string bad = read_header(f, path, &h); !bad.empty()) throw std::runtime_error(bad);
+  if (const std::string bad = check_size(path, h); !bad.empty()) throw std::runtime_error(bad);
+  std::vector<float> v(static_cast<size_t>(h.numel));
+  f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
+  if (!f) throw std::runtime_error("checkpoint file " + path.string() + " is truncated");
+  *tp_rank = h.tp_rank;
+  *tp_size = h.tp_size;
+  return v;
+}
+
 int64_t load_intact_checkpoint(const std::string& run_dir, Backend& run, ParamStore& params, AdamW& opt,
                                std::string* note) {
   const int rank = run.rank(), size = run.size();

@@ -59,6 +59,12 @@ ResumePoint find_resume_point(const std::string& run_dir, int nranks);
 void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, ParamStore& params,
                      AdamW& opt);
 
+// The parameter arena (floats in ParamStore layout) of one rank's file of checkpoint `iteration`,
+// and the TP rank and size that wrote it; for `lossytp export`, after find_resume_point has
+// verified the file. Throws naming the file when it cannot be read.
+std::vector<float> read_checkpoint_values(const std::string& run_dir, int rank, int64_t iteration,
+                                          int* tp_rank, int* tp_size);
+
 // Collective over the run's ranks: loads the newest checkpoint whose every rank's file is intact
 // (each rank verifies its own file as it loads it; all agree before one is taken), trying `latest`
 // first and then the older complete ones. Returns its iteration; *note then says which newer

@@ -1,5 +1,7 @@
 // Token data for training: the built-in synthetic Markov corpus (the default, with an exactly
-// known entropy floor) and files: byte-level text, nanoGPT raw uint16, llm.c headered .bin.
+// known entropy floor) and files: byte-level text, nanoGPT raw uint16, llm.c headered .bin
+// (uint16 v1 and uint32 v7), Megatron indexed datasets (PREFIX.bin + PREFIX.idx), and optional
+// loss masks (one uint8 per token) for supervised fine-tuning. docs/data.md has the formats.
 // Batches are a pure function of (seed, iteration, sample index), so the tokens a run sees do
 // not depend on TP, DP only picks which samples of the global batch a rank trains on, and a
 // resumed run sees the same data as an uninterrupted one.
@@ -16,7 +18,11 @@ struct TokenCorpus {
   std::vector<int32_t> val;    // held-out split for eval
   int vocab_size = 0;          // smallest vocab that holds every token (text: 256)
   std::string source;          // "synthetic-markov" or the file path(s)
-  std::string format;          // "synthetic", "text", "uint16", "llmc"
+  std::string format;          // "synthetic", "text", "uint16", "llmc", "megatron"
+  // Loss masks aligned with train / val (1: the token is a target in the loss, 0: ignored);
+  // empty: every token counts. Cut by the same eval split as the tokens.
+  std::vector<uint8_t> train_mask, val_mask;
+  std::string train_file, val_file;  // the files the splits come from (empty: synthetic)
   // Entropy rate of the source in nats/token when known exactly (synthetic corpus only): the
   // lowest achievable expected cross-entropy, a floor for every loss curve.
   std::optional<double> entropy_floor;
@@ -42,7 +48,9 @@ struct MarkovSource {
 struct DataOptions {
   std::string path;            // empty: synthetic corpus
   std::string eval_path;       // optional separate held-out file (nanoGPT val.bin, llm.c _val.bin)
-  std::string format = "auto"; // auto|text|uint16|llmc
+  std::string format = "auto"; // auto|text|uint16|llmc|megatron
+  std::string loss_mask;       // optional uint8 mask file for `path` (split with it)
+  std::string eval_loss_mask;  // optional uint8 mask file for `eval_path`
   double eval_fraction = 0.1;  // held-out tail when no eval_path is given
   int vocab_size = 4096;       // synthetic corpus vocab (the model's)
   uint64_t seed = 1234;        // synthetic corpus seed
@@ -59,9 +67,42 @@ TokenCorpus load_corpus(const DataOptions& opt);
 // Throws when a split is too short to cut one sequence of seq_len + 1 tokens.
 void check_sequences(const TokenCorpus& c, int seq_len);
 
+// Throws when a token id is >= vocab_size, naming the file, the id, its position and the vocab.
+void check_vocab(const TokenCorpus& c, int vocab_size);
+
+// A Megatron indexed dataset (megatron/core/datasets/indexed_dataset.py, version 1, without
+// the multimodal modes): PREFIX.idx describes sequences of tokens stored back to back in
+// PREFIX.bin. `prefix` may also be given as PREFIX.bin or PREFIX.idx. Throws naming the file
+// and the problem (magic, version, dtype code, sizes, pointers, negative tokens).
+struct IndexedDataset {
+  int dtype_code = 0;                       // 1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 8 uint16
+  std::vector<int32_t> sequence_lengths;    // [S] tokens
+  std::vector<int64_t> sequence_pointers;   // [S] byte offsets into .bin
+  std::vector<int64_t> document_indices;    // [D] 0, ..., S
+  std::vector<int32_t> tokens;              // every sequence, concatenated in order
+};
+IndexedDataset read_indexed_dataset(const std::string& prefix);
+// The prefix a Megatron path names (strips a trailing .bin / .idx).
+std::string megatron_prefix(const std::string& path);
+
+// Offset o of the window of sample `sample` of iteration `iteration` in a split of n tokens:
+// drawn by Philox from (seed, stream, iteration, sample). stream 0 = train, 1 = eval.
+size_t sequence_offset(size_t n, uint64_t seed, uint64_t stream, int64_t iteration,
+                       int64_t sample, int T);
+
 // Sample `sample` of iteration `iteration`: x = split[o .. o+T), y = split[o+1 .. o+T+1) with
-// offset o drawn by Philox from (seed, stream, iteration, sample). stream 0 = train, 1 = eval.
+// offset o = sequence_offset(...).
 void fill_sequence(const std::vector<int32_t>& split, uint64_t seed, uint64_t stream,
                    int64_t iteration, int64_t sample, int T, int32_t* x, int32_t* y);
+// The same window with a loss mask aligned with `split` (empty: none): y[t] = -1 (an ignored
+// target) where mask[o+1+t] == 0.
+void fill_sequence(const std::vector<int32_t>& split, const std::vector<uint8_t>& mask,
+                   uint64_t seed, uint64_t stream, int64_t iteration, int64_t sample, int T,
+                   int32_t* x, int32_t* y);
+// Targets that count in the loss over samples [0, samples) of an iteration (a whole global
+// batch): samples * T without a mask. Every rank computes it alone (batches are a pure function
+// of their indices), so normalising by it needs no collective.
+int64_t count_targets(size_t n, const std::vector<uint8_t>& mask, uint64_t seed, uint64_t stream,
+                      int64_t iteration, int64_t samples, int T);
 
 }  // namespace lossytp

@@ -302,7 +302,8 @@ int run_grid(const GridOptions& opt) {
   std::map<std::string, TokenCorpus> corpora;  // by data options
   auto data_key = [](const TrainConfig& c) {
     return c.data.path + "|" + c.data.eval_path + "|" + c.data.format + "|" + std::to_string(c.data.eval_fraction) +
-           "|" + std::to_string(c.data.vocab_size) + "|" + std::to_string(c.data.seed);
+           "|" + std::to_string(c.data.vocab_size) + "|" + std::to_string(c.data.seed) + "|" + c.data.loss_mask +
+           "|" + c.data.eval_loss_mask;
   };
   // Ranks of this job on this node (collective: every rank, before anything can fail).
   MPI_Comm node;

@@ -1,4 +1,4 @@
-// lossytp: the command-line entry point. Verbs: train, grid, summarize, plot, net sample.
+// lossytp: the command-line entry point. Verbs: train, grid, summarize, plot, export, net sample.
 // Every rank parses the same arguments; an error anywhere before training stops every rank
 // cleanly with one message (from the lowest rank that found it) and exit status 2.
 #include <mpi.h>
@@ -21,6 +21,7 @@
 #include "experiments/dry_run.h"
 #include "kernels/ops.h"
 #include "experiments/grid.h"
+#include "experiments/hf_checkpoint.h"
 #include "experiments/metrics_file.h"
 #include "experiments/run_control.h"
 #include "experiments/train_config.h"
@@ -78,13 +79,13 @@ std::string check_resumable(const TrainConfig& cfg) {
     const auto now = cfg.to_json();
     // Keys an older checkpoint lacks had the GPT-2 defaults.
     const nlohmann::json gpt2 = {{"group-query-attention", false}, {"normalization", "LayerNorm"},
-                                 {"position-embedding-type", "learned_absolute"}, {"attention", "softmax"},
+                                 {"position-embedding-type", "learned_absolute"}, {"attention", "softmax"}, {"use-rope-scaling", false},
                                  {"swiglu", false}, {"disable-bias-linear", false},
                                  {"untie-embeddings-and-output-weights", false}};
     for (const char* k : {"tensor-model-parallel-size", "data-parallel-size", "vocab-size", "seq-length",
                           "num-layers", "hidden-size", "num-attention-heads", "ffn-hidden-size",
                           "group-query-attention", "num-query-groups", "normalization",
-                          "position-embedding-type", "rotary-percent", "attention", "swiglu",
+                          "position-embedding-type", "rotary-percent", "use-rope-scaling", "attention", "swiglu",
                           "disable-bias-linear", "untie-embeddings-and-output-weights",
                           "padded-vocab-size"})
       if (saved.contains(k) || gpt2.contains(k))
@@ -164,7 +165,9 @@ int cmd_train(TrainOptions& opts) {
     std::error_code ec;
     fs::path metrics = fs::path(cfg.out) / "metrics.h5";
     const bool resuming_here = !cfg.load.empty() && fs::exists(cfg.out, ec) && fs::equivalent(cfg.load, cfg.out, ec);
-    if (!cfg.load.empty()) error = check_resumable(cfg);
+    if (!cfg.load.empty() && cfg.train_iters == 0 && resuming_here)
+      error = "--train-iters 0 evaluates --load " + cfg.load + " into a metrics.h5 of its own: give an --out other than the run's folder";
+    else if (!cfg.load.empty()) error = check_resumable(cfg);
     if (error.empty() && resuming_here && fs::exists(metrics, ec)) {
       // the run's metrics.h5 is continued: a damaged one stops the resume before anything starts
       try {
@@ -282,6 +285,17 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     sample_cmd->add_flag("--json", sample_opts.json, "print one JSON object");
 
+    CLI::App* export_cmd = app.add_subcommand(
+        "export", "merge a run's latest checkpoint into a Hugging Face model folder (docs/finetuning.md)");
+    std::string export_load, export_hf, export_dtype = "fp32";
+    bool export_overwrite = false, export_quiet = false;
+    export_cmd->add_option("--load", export_load, "the run's folder (its checkpoint/ is read)")->required();
+    export_cmd->add_option("--hf", export_hf, "output folder: config.json, model.safetensors")->required();
+    export_cmd->add_option("--dtype", export_dtype, "fp32 or bf16")->capture_default_str()
+        ->check(CLI::IsMember({"fp32", "bf16"}));
+    export_cmd->add_flag("--overwrite", export_overwrite, "replace a model already in --hf");
+    export_cmd->add_flag("--quiet", export_quiet, "print nothing but errors");
+
     std::vector<std::string> args(argv + 1, argv + argc);
     std::string error;
     bool parsed = false;
@@ -326,6 +340,19 @@ int main(int argc, char** argv) {
       rc = status;
     } else if (grid_cmd->parsed()) {
       rc = run_grid(grid_opts);
+    } else if (export_cmd->parsed()) {
+      int status = 0;
+      if (root) {
+        try {
+          hf::export_run(export_load, export_hf, export_dtype == "bf16" ? hf::ExportDType::BF16 : hf::ExportDType::F32,
+                         export_overwrite, export_quiet);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "lossytp: error: %s\n", e.what());
+          status = 2;
+        }
+      }
+      MPI_Bcast(&status, 1, MPI_INT, 0, MPI_COMM_WORLD);
+      rc = status;
     } else if (sample_cmd->parsed()) {
       rc = cmd_net_sample(sample_opts);
     }

@@ -2,12 +2,15 @@
 
 #include <CLI/CLI.hpp>
 #include "experiments/toml.h"
+#include "experiments/hf_checkpoint.h"
 
+#include "experiments/eval_task.h"
 #include "kernels/ops.h"
 #include "models/layer_spec.h"
 #include "netmodels/netmodel.h"
 
 #include <charconv>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -38,6 +41,13 @@ nlohmann::json TrainConfig::to_json() const {
   j["position-embedding-type"] = model.position_embedding_type;
   j["rotary-base"] = model.rotary_base;
   j["rotary-percent"] = model.rotary_percent;
+  j["use-rope-scaling"] = model.use_rope_scaling;
+  if (model.use_rope_scaling) {
+    j["rope-scaling-factor"] = model.rope_scaling_factor;
+    j["rope-scaling-low-freq-factor"] = model.rope_scaling_low_freq_factor;
+    j["rope-scaling-high-freq-factor"] = model.rope_scaling_high_freq_factor;
+    j["rope-scaling-original-max-position"] = model.rope_scaling_original_max_position;
+  }
   j["attention"] = model.attention;
   j["swiglu"] = model.swiglu;
   j["disable-bias-linear"] = !model.add_bias_linear;
@@ -55,6 +65,7 @@ nlohmann::json TrainConfig::to_json() const {
   j["train-iters"] = train_iters;
   j["eval-interval"] = eval_interval;
   j["eval-iters"] = eval_iters;
+  if (!eval_task.empty()) j["eval-task"] = eval_task;  // absent when unset: older configs compare equal
   j["log-interval"] = log_interval;
   j["clip-grad"] = clean(clip_grad);
   j["weight-decay"] = clean(adam.weight_decay);
@@ -65,9 +76,12 @@ nlohmann::json TrainConfig::to_json() const {
   j["data"] = data.path.empty() ? "synthetic" : data.path;
   j["eval-data"] = data.eval_path;
   j["data-format"] = data.format;
+  if (!data.loss_mask.empty()) j["loss-mask"] = data.loss_mask;  // absent when unset, as eval-task
+  if (!data.eval_loss_mask.empty()) j["eval-loss-mask"] = data.eval_loss_mask;
   j["eval-fraction"] = data.eval_fraction;
   j["data-seed"] = data.seed;
   j["net"] = net;
+  j["hf-checkpoint"] = hf_checkpoint;
   j["save-interval"] = save_interval;
   j["keep-checkpoints"] = keep_checkpoints;
   j["comm-timeout"] = comm_timeout;
@@ -111,6 +125,16 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.add_option("--rotary-base", c.model.rotary_base, "RoPE base (default 10000)");
   app.add_option("--rotary-percent", c.model.rotary_percent,
                  "fraction of each head's channels that RoPE rotates, in (0, 1] (default 1)");
+  app.add_flag("--use-rope-scaling", c.model.use_rope_scaling,
+               "Llama 3.x RoPE frequency scaling (Hugging Face rope_type llama3)");
+  app.add_option("--rope-scaling-factor", c.model.rope_scaling_factor,
+                 "with --use-rope-scaling: the stretch of the long wavelengths (default 8; Llama 3.2: 32)");
+  app.add_option("--rope-scaling-low-freq-factor", c.model.rope_scaling_low_freq_factor,
+                 "with --use-rope-scaling: wavelengths above original / this are stretched (default 1)");
+  app.add_option("--rope-scaling-high-freq-factor", c.model.rope_scaling_high_freq_factor,
+                 "with --use-rope-scaling: wavelengths below original / this are kept (default 4)");
+  app.add_option("--rope-scaling-original-max-position", c.model.rope_scaling_original_max_position,
+                 "with --use-rope-scaling: the pre-training context (default 8192)");
   std::string attentions;
   for (const std::string& a : attention_names()) attentions += (attentions.empty() ? "" : ", ") + a;
   app.add_option("--attention", c.model.attention,
@@ -142,6 +166,9 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
       ->capture_default_str();
   app.add_option("--eval-iters", c.eval_iters, "global batches of held-out data per evaluation")
       ->capture_default_str();
+  app.add_option("--eval-task", c.eval_task,
+                 "multiple-choice task (JSONL of token ids: context, choices, label) scored at every "
+                 "evaluation: /eval/accuracy and /eval/accuracy_norm (docs/experiments.md)");
   app.add_option("--log-interval", c.log_interval, "iterations between progress lines and metrics.h5 flushes")
       ->capture_default_str();
   app.add_option("--clip-grad", c.clip_grad, "global gradient-norm clip (0: off)")->capture_default_str();
@@ -152,11 +179,23 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.add_option("--adam-eps", c.adam.eps, "AdamW epsilon")->capture_default_str();
   app.add_option("--seed", c.seed, "seed of the initialisation and the batch sampling")
       ->capture_default_str();
-  app.add_option("--data,--data-path", c.data.path,
-                 "training data: .txt (bytes), nanoGPT .bin (uint16) or llm.c .bin; "
+  app.add_option("--data", c.data.path,
+                 "training data: .txt (bytes), nanoGPT .bin (uint16), llm.c .bin (uint16 or uint32) "
+                 "or a Megatron PREFIX (PREFIX.bin + PREFIX.idx) (docs/data.md); "
                  "default: the built-in synthetic Markov corpus");
+  app.add_option("--data-path", o.data_path,
+                 "Megatron indexed dataset PREFIX (PREFIX.bin + PREFIX.idx): --data PREFIX "
+                 "--data-format megatron");
   app.add_option("--eval-data", c.data.eval_path, "held-out data file (default: tail of --data)");
-  app.add_option("--data-format", c.data.format, "auto, text, uint16 or llmc")->capture_default_str();
+  app.add_option("--eval-data-path", o.eval_data_path,
+                 "held-out Megatron indexed dataset PREFIX: --eval-data PREFIX");
+  app.add_option("--data-format", c.data.format, "auto, text, uint16, llmc or megatron")
+      ->capture_default_str();
+  app.add_option("--loss-mask", c.data.loss_mask,
+                 "supervised fine-tuning: one uint8 per token of --data (1: a target in the loss, "
+                 "0: ignored, e.g. prompt tokens); split with --data by --eval-fraction");
+  app.add_option("--eval-loss-mask", c.data.eval_loss_mask,
+                 "loss mask of --eval-data (default: every eval token counts)");
   app.add_option("--eval-fraction", c.data.eval_fraction,
                  "fraction of --data held out for eval when --eval-data is not given")
       ->capture_default_str();
@@ -165,6 +204,9 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
                  "network model: exact, drop:rate=R, ge:p=..,r=..,k=..,h=.. or ge:preset=NAME, "
                  "caat:p=P, composed with + (docs/netmodels.md)")
       ->capture_default_str();
+  app.add_option("--hf-checkpoint", c.hf_checkpoint,
+                 "start from this Hugging Face GPT2LMHeadModel or LlamaForCausalLM folder (config.json "
+                 "+ safetensors); the model's shape comes from its config.json (docs/finetuning.md)");
   app.add_option("--load", c.load,
                  "resume from the latest checkpoint in this run folder (usually the same as --out)");
   app.add_option("--save-interval", c.save_interval, "write a checkpoint every N iterations (0: never)")
@@ -364,15 +406,38 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (given("--rotary-base")) m.rotary_base = c.model.rotary_base;
   if (given("--rotary-percent")) m.rotary_percent = c.model.rotary_percent;
   if (given("--attention")) m.attention = c.model.attention;
+  if (given("--use-rope-scaling")) m.use_rope_scaling = c.model.use_rope_scaling;
+  if (given("--rope-scaling-factor")) m.rope_scaling_factor = c.model.rope_scaling_factor;
+  if (given("--rope-scaling-low-freq-factor")) m.rope_scaling_low_freq_factor = c.model.rope_scaling_low_freq_factor;
+  if (given("--rope-scaling-high-freq-factor")) m.rope_scaling_high_freq_factor = c.model.rope_scaling_high_freq_factor;
+  if (given("--rope-scaling-original-max-position"))
+    m.rope_scaling_original_max_position = c.model.rope_scaling_original_max_position;
   if (given("--swiglu")) m.swiglu = c.model.swiglu;
   if (given("--disable-bias-linear")) m.add_bias_linear = !o.disable_bias_linear;
   if (given("--untie-embeddings-and-output-weights"))
     m.untie_embeddings_and_output_weights = c.model.untie_embeddings_and_output_weights;
   if (given("--make-vocab-size-divisible-by"))
     m.make_vocab_size_divisible_by = c.model.make_vocab_size_divisible_by;
+  if (!c.hf_checkpoint.empty()) {
+    if (given("--model"))
+      bad("--model and --hf-checkpoint both choose the model: drop --model (the shape comes from " +
+          c.hf_checkpoint + "/config.json)");
+    const hf::HFModel h = hf::read_config(c.hf_checkpoint);
+    m = hf::merge_model_config(h, m, given);
+    hf::check_weights(h, m);  // every tensor present, of the right shape, before anything runs
+    std::string name = std::filesystem::path(c.hf_checkpoint).lexically_normal().filename().string();
+    if (name.empty()) name = std::filesystem::path(c.hf_checkpoint).lexically_normal().parent_path().filename().string();
+    c.model_preset = "hf-" + name;
+  }
   c.model = m;
-  c.vocab_size_given = given("--vocab-size");
-  if (!given("--micro-batch-size")) c.micro_batch_size = p.micro_batch_size;
+  c.vocab_size_given = given("--vocab-size") || !c.hf_checkpoint.empty();
+  if (!given("--micro-batch-size")) {
+    c.micro_batch_size = p.micro_batch_size;
+    if (!c.hf_checkpoint.empty()) {  // as the presets: fewer sequences for larger models
+      const long long n = m.num_parameters();
+      c.micro_batch_size = n < 200'000'000 ? 8 : n < 500'000'000 ? 4 : n < 1'000'000'000 ? 2 : 1;
+    }
+  }
 
   if (c.tp < 1) bad("--tensor-model-parallel-size must be >= 1, got " + std::to_string(c.tp));
   if (c.dp < 0) bad("--data-parallel-size must be >= 1, got " + std::to_string(c.dp));
@@ -395,7 +460,9 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (!(c.lr > 0)) bad("--lr must be > 0");
   if (c.min_lr < 0 || c.min_lr > c.lr) bad("--min-lr must be in [0, --lr]");
   if (c.lr_warmup_iters < 0) bad("--lr-warmup-iters must be >= 0");
-  if (c.train_iters < 1) bad("--train-iters must be >= 1");
+  if (c.train_iters < 0) bad("--train-iters must be >= 0 (0: evaluate the loaded weights only)");
+  if (c.train_iters == 0 && c.eval_iters < 1 && c.eval_task.empty())
+    bad("--train-iters 0 evaluates only: it needs --eval-iters >= 1 or an --eval-task");
   if (c.eval_interval < 0) bad("--eval-interval must be >= 0");
   if (c.eval_iters < 0) bad("--eval-iters must be >= 0");
   if (c.log_interval < 1) bad("--log-interval must be >= 1");
@@ -416,8 +483,28 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (!(c.data.eval_fraction > 0 && c.data.eval_fraction < 1))
     bad("--eval-fraction must be in (0, 1)");
   const std::string& f = c.data.format;
-  if (f != "auto" && f != "text" && f != "uint16" && f != "llmc")
-    bad("--data-format must be auto, text, uint16 or llmc, got '" + f + "'");
+  if (f != "auto" && f != "text" && f != "uint16" && f != "llmc" && f != "megatron")
+    bad("--data-format must be auto, text, uint16, llmc or megatron, got '" + f + "'");
+  if (given("--data-path")) {  // Megatron's flag: a PREFIX of .bin + .idx
+    if (given("--data"))
+      bad("--data-path " + o.data_path + " and --data " + c.data.path +
+          " both name the training data: give one (--data-path PREFIX is --data PREFIX --data-format megatron)");
+    if (f != "auto" && f != "megatron")
+      bad("--data-path reads a Megatron .bin/.idx pair, but --data-format is '" + f + "'");
+    c.data.path = o.data_path;
+    c.data.format = "megatron";
+  }
+  if (given("--eval-data-path")) {
+    if (given("--eval-data"))
+      bad("--eval-data-path " + o.eval_data_path + " and --eval-data " + c.data.eval_path +
+          " both name the eval data: give one");
+    c.data.eval_path = o.eval_data_path;
+  }
+  if (!c.data.loss_mask.empty() && c.data.path.empty())
+    bad("--loss-mask " + c.data.loss_mask + " needs --data or --data-path (the token file it masks)");
+  if (!c.data.eval_loss_mask.empty() && c.data.eval_path.empty())
+    bad("--eval-loss-mask " + c.data.eval_loss_mask +
+        " needs --eval-data or --eval-data-path (without them --loss-mask is split with --data)");
   net::parse_net_spec(c.net);  // throws naming the bad token, before any training
   c.data.vocab_size = c.model.vocab_size;
   return c;
@@ -427,12 +514,12 @@ void reconcile_data(TrainConfig& c, const TokenCorpus& corpus) {
   if (corpus.format == "text" && !c.vocab_size_given) {
     c.model.vocab_size = 256;
   }
-  if (corpus.vocab_size > c.model.vocab_size)
-    throw std::invalid_argument("data '" + corpus.source + "' has tokens up to " +
-                                std::to_string(corpus.vocab_size - 1) + " but --vocab-size is " +
-                                std::to_string(c.model.vocab_size));
+  // names the file, the first id beyond the vocabulary and its position (train and eval data)
+  check_vocab(corpus, c.model.vocab_size);
   c.model.validate(c.tp);
   check_sequences(corpus, c.model.seq_length);
+  // every line checked against the model's vocabulary and sequence length, before anything is written
+  if (!c.eval_task.empty()) (void)load_eval_task(c.eval_task, c.model.vocab_size, c.model.seq_length);
 }
 
 }  // namespace lossytp

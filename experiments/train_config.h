@@ -30,6 +30,7 @@ struct TrainConfig {
   int train_iters = 100;
   int eval_interval = 50;
   int eval_iters = 4;
+  std::string eval_task;  // --eval-task FILE.jsonl: multiple-choice accuracy at every evaluation
   int log_interval = 10;
   float clip_grad = 1.0f;
   AdamWConfig adam;
@@ -37,6 +38,7 @@ struct TrainConfig {
   DataOptions data;
   std::string net = "exact";  // --net SPEC (netmodels/netmodel.h)
   std::string load;           // resume from the checkpoint in this run folder
+  std::string hf_checkpoint;  // start from this Hugging Face model folder (experiments/hf_checkpoint.h)
   int save_interval = 0;      // checkpoint every N iterations (0: never)
   int keep_checkpoints = 2;   // the newest N checkpoints stay on disk (0: all)
   double comm_timeout = 600;  // seconds a collective may wait before the run fails
@@ -69,6 +71,7 @@ struct TrainOptions {
   TrainConfig cfg;
   std::string config_file;
   bool disable_bias_linear = false;  // --disable-bias-linear (ModelConfig keeps add_bias_linear)
+  std::string data_path, eval_data_path;  // --data-path / --eval-data-path (Megatron prefixes)
   CLI::App* app = nullptr;
 };
 void add_train_options(CLI::App& app, TrainOptions& opts);
@@ -104,7 +107,7 @@ std::string toml_value_to_arg(const toml::node& n, const std::string& file, cons
 TrainConfig finish_train_config(TrainOptions& opts, int world_size);
 
 // Checks that the data fit the model (vocab, sequence length) and adopts the corpus's vocab for
-// byte-level text when --vocab-size was not given.
+// byte-level text when --vocab-size was not given; checks the --eval-task file against the model.
 void reconcile_data(TrainConfig& cfg, const TokenCorpus& corpus);
 
 }  // namespace lossytp

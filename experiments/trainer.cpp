@@ -8,7 +8,10 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 
+#include "experiments/eval_task.h"
+#include "experiments/hf_checkpoint.h"
 #include "experiments/lr_schedule.h"
 #include "experiments/metrics_file.h"
 #include "experiments/run_control.h"
@@ -42,18 +45,26 @@ std::string format_duration(double s) {
 
 // The micro-batches of one global batch that this DP rank trains on: samples
 // [dp_rank * per_rank, (dp_rank + 1) * per_rank) of the global batch, in order.
+// A loss mask (empty: none) turns the targets it excludes into -1 (ignored: no loss, no gradient).
 struct Batcher {
   const std::vector<int32_t>& split;
+  const std::vector<uint8_t>& mask;
   uint64_t seed, stream;
-  int T, mb, per_rank, dp_rank;
+  int T, mb, per_rank, dp_rank, global;
   std::vector<int32_t> x, y;
   void fill(int64_t iteration, int micro) {
     x.resize(static_cast<size_t>(mb) * T);
     y.resize(static_cast<size_t>(mb) * T);
     for (int b = 0; b < mb; ++b) {
       int64_t sample = static_cast<int64_t>(dp_rank) * per_rank + static_cast<int64_t>(micro) * mb + b;
-      fill_sequence(split, seed, stream, iteration, sample, T, x.data() + b * T, y.data() + b * T);
+      fill_sequence(split, mask, seed, stream, iteration, sample, T, x.data() + b * T, y.data() + b * T);
     }
+  }
+  // Targets of the whole global batch of `iteration` that count in the loss: each rank computes
+  // it alone (batches are a pure function of their indices), so no collective. Exactly
+  // global x T without a mask.
+  double targets(int64_t iteration) const {
+    return static_cast<double>(count_targets(split.size(), mask, seed, stream, iteration, global, T));
   }
 };
 
@@ -191,6 +202,18 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   GPTModel model(cfg.model, layout.tp_rank, layout.tp, tp_opt, cfg.compute());
   model.init(cfg.seed);
   ParamStore& params = model.params();
+  if (!cfg.hf_checkpoint.empty() && cfg.load.empty()) {  // iteration-0 weights; a resume has its own
+    if (header) {
+      std::printf("loading the weights of %s ...\n", cfg.hf_checkpoint.c_str());
+      std::fflush(stdout);
+    }
+    try {
+      hf::load_weights(hf::read_config(cfg.hf_checkpoint), cfg.model, params);
+    } catch (const std::exception& e) {
+      mark_failure(cfg.out, rank, e.what());
+      throw;
+    }
+  }
   AdamW opt(params, cfg.adam);
   const std::string config_json = cfg.to_json().dump();
 
@@ -212,9 +235,11 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   const int per_rank = cfg.global_batch_size / layout.dp;
   const int n_micro = cfg.num_micro_batches();
   const double tokens_per_iter = static_cast<double>(cfg.global_batch_size) * T;
-  const float grad_scale = static_cast<float>(1.0 / tokens_per_iter);
-  Batcher train_data{corpus.train, cfg.seed, 0, T, mb, per_rank, layout.dp_rank, {}, {}};
-  Batcher eval_data{corpus.val, cfg.seed, 1, T, mb, per_rank, layout.dp_rank, {}, {}};
+  const int gb = cfg.global_batch_size;
+  Batcher train_data{corpus.train, corpus.train_mask, cfg.seed, 0, T, mb, per_rank, layout.dp_rank, gb, {}, {}};
+  Batcher eval_data{corpus.val, corpus.val_mask, cfg.seed, 1, T, mb, per_rank, layout.dp_rank, gb, {}, {}};
+  std::optional<EvalTask> task;  // --eval-task (checked before the run by reconcile_data)
+  if (!cfg.eval_task.empty()) task = load_eval_task(cfg.eval_task, cfg.model.vocab_size, T);
 
   std::unique_ptr<MetricsFile> metrics;
   if (leader) {
@@ -263,6 +288,9 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     std::printf("data: %s (%zu train / %zu eval tokens, vocab %d)%s\n", corpus.source.c_str(),
                 corpus.train.size(), corpus.val.size(), cfg.model.vocab_size,
                 corpus.entropy_floor ? (", entropy floor " + std::to_string(*corpus.entropy_floor) + " nats").c_str() : "");
+    if (task)
+      std::printf("eval task: %s (%zu examples, %zu choices to score per evaluation)\n", task->path.c_str(),
+                  task->examples.size(), task->num_sequences());
     std::printf("compute: %s, %s\n", cfg.device.c_str(),
                 cfg.bf16 ? "bf16 GEMM operands and collectives, fp32 master weights" : "fp32");
     std::printf("network: %s\n", net->describe().c_str());
@@ -275,20 +303,54 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   }
 
   auto evaluate = [&]() {
-    double sum = 0.0;
-    for (int k = 0; k < cfg.eval_iters; ++k)
+    double sum = 0.0, counted = 0.0;
+    for (int k = 0; k < cfg.eval_iters; ++k) {
+      counted += eval_data.targets(k);
       for (int m = 0; m < n_micro; ++m) {
         eval_data.fill(k, m);
         sum += model.step(eval_data.x.data(), eval_data.y.data(), mb, T, tp, false, 0.0f);
       }
+    }
     // Every TP rank holds the same losses: sum over DP only.
     dp.backend().all_reduce_f64(&sum, 1, ReduceOp::Sum);
-    return sum / (tokens_per_iter * cfg.eval_iters);
+    return sum / counted;  // mean over the counted targets (NaN if a loss mask leaves none)
   };
 
   TrainResult result;
   result.status = "completed";
   result.start_iteration = start_it;
+  if (cfg.train_iters == 0) {  // eval-only: the loaded weights, logged at iteration 0
+    const double eval_loss = cfg.eval_iters > 0 ? evaluate() : NAN;
+    if (cfg.eval_iters > 0) result.eval_loss.push_back(eval_loss);
+    TaskScores acc;
+    if (task) acc = evaluate_task(*task, model, mb, tp, dp.backend(), layout.dp_rank, layout.dp);
+    if (leader) {
+      metrics->append("eval/iteration", 0);
+      if (cfg.eval_iters > 0) metrics->append("eval/loss", eval_loss);
+      if (task) {
+        metrics->append("eval/accuracy", acc.acc);
+        metrics->append("eval/accuracy_norm", acc.acc_norm);
+      }
+      metrics->set_attr("weights_iteration", static_cast<int64_t>(start_it));
+      metrics->set_attr("status", result.status);
+      metrics->flush();
+    }
+    // --save-interval: the loaded weights as this run's checkpoint of iteration 0 (an imported
+    // Hugging Face model in lossytp's per-rank layout, for `lossytp export` or a later --load).
+    if (cfg.save_interval > 0 && cfg.load.empty())
+      save_checkpoint(cfg.out, run, 0, params, opt, config_json, cfg.keep_checkpoints);
+    if (verbose) {
+      std::printf("%seval only (weights of %s)", cfg.progress_prefix.c_str(),
+                  !cfg.load.empty() ? ("iteration " + std::to_string(start_it) + " of " + cfg.load).c_str()
+                  : !cfg.hf_checkpoint.empty() ? cfg.hf_checkpoint.c_str() : "the initialisation");
+      if (cfg.eval_iters > 0) std::printf(" | eval_loss %.6f", eval_loss);
+      if (task) std::printf(" | acc %.4f | acc_norm %.4f (%lld examples)", acc.acc, acc.acc_norm,
+                            static_cast<long long>(acc.n));
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+    return result;
+  }
   const auto t_start = Clock::now();
   double window_time = 0.0;
   int window_iters = 0;
@@ -302,12 +364,17 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     dp.begin_step(it);
     params.grads().zero();
     double loss_sum = 0.0;
+    // The loss and gradient are the mean over the counted targets of the global batch (all of
+    // them without a loss mask: grad_scale = 1 / (global x T)). A batch whose targets are all
+    // masked gets zero gradient and a NaN loss that is not a divergence.
+    const double counted = train_data.targets(it);
+    const float grad_scale = counted > 0 ? static_cast<float>(1.0 / counted) : 0.0f;
     for (int m = 0; m < n_micro; ++m) {
       train_data.fill(it, m);
       loss_sum += model.step(train_data.x.data(), train_data.y.data(), mb, T, tp, true, grad_scale);
     }
     model.reduce_partial_grads(tp);
-    // Data parallelism: sum the replicas' gradients (each already scaled by 1/global tokens).
+    // Data parallelism: sum the replicas' gradients (each already scaled by 1/counted targets).
     dp.all_reduce(params.grads().data(), params.numel(), "dp.grad");
     // Global gradient norm over the full model: sharded parameters from every TP rank,
     // replicated ones once.
@@ -320,7 +387,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     const float lr = lr_at(it, cfg.lr, cfg.min_lr, cfg.lr_warmup_iters, cfg.train_iters);
     opt.step(lr);
     dp.backend().all_reduce_f64(&loss_sum, 1, ReduceOp::Sum);
-    double loss = loss_sum / tokens_per_iter;
+    double loss = loss_sum / counted;
     if (cfg.debug_nan_at == it + 1) loss = NAN;
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     result.train_loss.push_back(loss);
@@ -337,7 +404,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       metrics->append("train/sim_comm_s", step.sim_seconds);
     }
     // Under a lossy ring ranks can disagree: stop together when any rank sees a non-finite value.
-    double bad = !std::isfinite(loss) || !std::isfinite(grad_norm) ||
+    double bad = (counted > 0 && !std::isfinite(loss)) || !std::isfinite(grad_norm) ||
                  (cfg.max_loss > 0 && loss > cfg.max_loss);
     // A stop signal (preemption) seen by any rank stops them all after this iteration.
     double flags[2] = {bad, static_cast<double>(stop_signal())};
@@ -345,15 +412,24 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     const bool diverged = flags[0] != 0;
     const bool last = iteration == cfg.train_iters || diverged;
     const int stop_sig = last ? 0 : static_cast<int>(flags[1]);
-    const bool do_eval = !diverged && cfg.eval_iters > 0 &&
+    const bool do_eval = !diverged && (cfg.eval_iters > 0 || task) &&
                          ((cfg.eval_interval > 0 && iteration % cfg.eval_interval == 0) || last);
     double eval_loss = NAN;
+    TaskScores acc;
     if (do_eval) {
-      eval_loss = evaluate();
-      result.eval_loss.push_back(eval_loss);
+      if (cfg.eval_iters > 0) eval_loss = evaluate();
+      if (cfg.eval_iters > 0) result.eval_loss.push_back(eval_loss);
+      if (task) acc = evaluate_task(*task, model, mb, tp, dp.backend(), layout.dp_rank, layout.dp);
       if (leader) {
         metrics->append("eval/iteration", iteration);
-        metrics->append("eval/loss", eval_loss);
+        if (cfg.eval_iters > 0) metrics->append("eval/loss", eval_loss);
+        if (task) {
+          // rows aligned with eval/iteration (NaN for evaluations of a resumed part without the task)
+          for (const auto& [s, v] : {std::pair{"eval/accuracy", acc.acc}, {"eval/accuracy_norm", acc.acc_norm}}) {
+            while (metrics->rows(s) + 1 < metrics->rows("eval/iteration")) metrics->append(s, NAN);
+            metrics->append(s, v);
+          }
+        }
       }
     }
     if (iteration % cfg.log_interval == 0 || last || do_eval) {
@@ -366,7 +442,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
         std::printf("%siter %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.0f ms/iter | ETA %s",
                     cfg.progress_prefix.c_str(), iteration, cfg.train_iters, loss, lr, grad_norm, tok_s,
                     1e3 * window_time / window_iters, format_duration(eta).c_str());
-        if (do_eval) std::printf(" | eval_loss %.4f", eval_loss);
+        if (do_eval && cfg.eval_iters > 0) std::printf(" | eval_loss %.4f", eval_loss);
+        if (do_eval && task) std::printf(" | acc %.3f", acc.acc);
         std::printf("\n");
         std::fflush(stdout);
       }

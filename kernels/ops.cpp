@@ -107,8 +107,8 @@ void ce_local_exp_sum(Device d, float* sum_exp, float* logits, const float* row_
   LOSSYTP_ON(d, ce_local_exp_sum(sum_exp, logits, row_max, N, V));
 }
 void ce_losses(Device d, float* losses, const float* row_max, const float* sum_exp,
-               const float* target_logit, int N) {
-  LOSSYTP_ON(d, ce_losses(losses, row_max, sum_exp, target_logit, N));
+               const float* target_logit, const int32_t* tgt, int N) {
+  LOSSYTP_ON(d, ce_losses(losses, row_max, sum_exp, target_logit, tgt, N));
 }
 void ce_backward_inplace(Device d, float* logits, const float* sum_exp, const int32_t* tgt,
                          const float* dloss, int N, int V, int vocab_start) {

@@ -79,7 +79,7 @@ void ce_local_target(Device d, float* target_logit, const float* logits, const i
                      int N, int V, int vocab_start);
 void ce_local_exp_sum(Device d, float* sum_exp, float* logits, const float* row_max, int N, int V);
 void ce_losses(Device d, float* losses, const float* row_max, const float* sum_exp,
-               const float* target_logit, int N);
+               const float* target_logit, const int32_t* tgt, int N);
 void ce_backward_inplace(Device d, float* logits, const float* sum_exp, const int32_t* tgt,
                          const float* dloss, int N, int V, int vocab_start);
 

@@ -81,6 +81,13 @@ void ModelConfig::validate(int tp) const {
              " channels of the head's " + s(head_dim()) + "; it must be even and >= 2");
     need(rotary_base > 0, "--rotary-base must be > 0");
   }
+  if (use_rope_scaling) {
+    need(rope(), "--use-rope-scaling needs --position-embedding-type rope");
+    need(rope_scaling_factor >= 1, "--rope-scaling-factor must be >= 1, got " + s(rope_scaling_factor));
+    need(rope_scaling_low_freq_factor > 0 && rope_scaling_high_freq_factor > rope_scaling_low_freq_factor,
+         "--rope-scaling-high-freq-factor must exceed --rope-scaling-low-freq-factor > 0");
+    need(rope_scaling_original_max_position > 0, "--rope-scaling-original-max-position must be > 0");
+  }
 }
 
 namespace {

@@ -27,6 +27,15 @@ struct ModelConfig {
   std::string position_embedding_type = "learned_absolute";  // learned_absolute | rope
   double rotary_base = 10000;
   double rotary_percent = 1.0;  // the first int(head_dim * percent) channels of a head rotate
+  // Llama-3.x frequency scaling of RoPE (Megatron's --use-rope-scaling, Hugging Face's
+  // rope_scaling {"rope_type": "llama3"}): wavelengths above original_max / low_freq_factor are
+  // stretched by `factor`, those below original_max / high_freq_factor kept, the band between
+  // interpolated.
+  bool use_rope_scaling = false;
+  double rope_scaling_factor = 8.0;
+  double rope_scaling_low_freq_factor = 1.0;
+  double rope_scaling_high_freq_factor = 4.0;
+  int rope_scaling_original_max_position = 8192;
   std::string attention = "softmax";  // a registered attention (models/layer_spec.h)
   bool swiglu = false;                // SwiGLU MLP (gated, silu) instead of GELU
   bool add_bias_linear = true;        // --disable-bias-linear sets false

@@ -64,7 +64,7 @@ void GPTModel::ensure(int B, int T) {
 }
 
 double GPTModel::step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp, bool backward,
-                      float grad_scale) {
+                      float grad_scale, float* token_losses) {
   ensure(B, T);
   const int N = B * T, C = cfg_.hidden_size, L = cfg_.num_layers;
   const Device dev = store_.device();
@@ -84,6 +84,10 @@ double GPTModel::step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp
   output_.forward(logits_.data(), final_out_.data(), N);
   ce_.forward(losses_.data(), logits_.data(), y, N, output_.vocab_local(), output_.vocab_start(), tp);
   const double loss_sum = ops::sum(dev, losses_.data(), N);
+  if (token_losses) {
+    if (dev == Device::CPU) std::memcpy(token_losses, losses_.data(), N * sizeof(float));
+    else losses_.copy_to_host(token_losses);
+  }
   if (!backward) return loss_sum;
 
   // backward

@@ -44,8 +44,10 @@ class GPTModel {
   // memory; copied to the device when the model lives there).
   // Returns the sum of the B*T token losses. When backward is set, gradients of
   // grad_scale * (sum of token losses) are ACCUMULATED into params().grads().
+  // token_losses, when given: a host array that receives the B*T per-token losses (the
+  // downstream-task evaluation, experiments/eval_task.h, sums them over a choice's tokens).
   double step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp, bool backward,
-              float grad_scale);
+              float grad_scale, float* token_losses = nullptr);
   // After the last micro-batch of an iteration: under CAAT, sums the gradients of the
   // replicated parameters that received per-rank partial gradients (norms, row-parallel
   // biases) over TP at site "replicated.grad". No-op otherwise.

@@ -85,6 +85,34 @@ void ParamStore::init(uint64_t seed) {
   if (device() != Device::CPU) values_.copy_from_host(host.data());
 }
 
+namespace {
+// Calls f(local index, full index) for every element of the rank's shard (1-D or 2-D), with the
+// same local -> full map as init().
+template <class F>
+void for_each_shard_element(const ParamSpec& s, int tp_rank, int tp_size, F f) {
+  const int64_t rows = s.local.size() == 2 ? s.local[0] : 1, cols = s.local.back();
+  const int64_t full_cols = s.full.back();
+  const int sd = s.shard_dim;
+  const int64_t loc = sd >= 0 ? s.local[sd] : 1, part = loc / s.stride;
+  auto full_of = [&](int64_t i) { return (i / part) * part * tp_size + tp_rank * part + i % part; };
+  const bool row_shard = sd == 0 && s.local.size() == 2;
+  const bool col_shard = sd == static_cast<int>(s.local.size()) - 1;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t fr = row_shard ? full_of(r) : r, fc = col_shard ? full_of(c) : c;
+      f(static_cast<size_t>(r * cols + c), static_cast<size_t>(fr * full_cols + fc));
+    }
+}
+}  // namespace
+
+void copy_shard(const ParamSpec& s, int tp_rank, int tp_size, const float* full, float* local) {
+  for_each_shard_element(s, tp_rank, tp_size, [&](size_t l, size_t g) { local[l] = full[g]; });
+}
+
+void place_shard(const ParamSpec& s, int tp_rank, int tp_size, const float* local, float* full) {
+  for_each_shard_element(s, tp_rank, tp_size, [&](size_t l, size_t g) { full[g] = local[l]; });
+}
+
 double ParamStore::grad_sq_contribution() const {
   std::vector<std::pair<const float*, size_t>> spans;
   for (const ParamSpec& p : specs_)

@@ -29,6 +29,11 @@ struct ParamSpec {
   size_t numel() const;
 };
 
+// A parameter's values between its full (unsharded) row-major layout and one TP rank's shard of
+// it (shard_dim, stride): checkpoints imported from or exported to other formats.
+void copy_shard(const ParamSpec& s, int tp_rank, int tp_size, const float* full, float* local);
+void place_shard(const ParamSpec& s, int tp_rank, int tp_size, const float* local, float* full);
+
 class ParamStore {
  public:
   ParamStore(int tp_rank, int tp_size, Compute compute = {})

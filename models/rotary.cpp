@@ -14,7 +14,20 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& cfg, Device dev)
   for (int i = 0; i < h; ++i) {
     // fp32 inverse frequencies and angles, as Hugging Face's LlamaRotaryEmbedding computes them
     // (at position 8000 an fp32 angle is ~5e-4 rad off the exact one: matching it matters).
-    const float inv = static_cast<float>(1.0 / std::pow(cfg.rotary_base, 2.0 * i / rot_));
+    float inv = static_cast<float>(1.0 / std::pow(cfg.rotary_base, 2.0 * i / rot_));
+    if (cfg.use_rope_scaling) {  // Llama 3.x, in fp32 as Hugging Face's _compute_llama3_parameters
+      const float factor = static_cast<float>(cfg.rope_scaling_factor);
+      const float lo = static_cast<float>(cfg.rope_scaling_low_freq_factor);
+      const float hi = static_cast<float>(cfg.rope_scaling_high_freq_factor);
+      const float old_ctx = static_cast<float>(cfg.rope_scaling_original_max_position);
+      const float wavelen = 2.0f * static_cast<float>(M_PI) / inv;
+      if (wavelen > old_ctx / lo) {
+        inv = inv / factor;
+      } else if (!(wavelen < old_ctx / hi)) {
+        const float smooth = (old_ctx / wavelen - lo) / (hi - lo);
+        inv = (1.0f - smooth) * inv / factor + smooth * inv;
+      }
+    }
     for (int t = 0; t < T; ++t) {
       const float a = static_cast<float>(t) * inv;
       c[static_cast<size_t>(t) * h + i] = static_cast<float>(std::cos(static_cast<double>(a)));

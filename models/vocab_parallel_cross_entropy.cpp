@@ -17,7 +17,7 @@ void VocabParallelCrossEntropy::forward(float* losses, float* logits, const int3
   tp.all_reduce(target_.data(), N, "ce.target");
   ops::ce_local_exp_sum(dev_, sum_exp_.data(), logits, max_.data(), N, V_local);
   tp.all_reduce(sum_exp_.data(), N, "ce.sumexp");
-  ops::ce_losses(dev_, losses, max_.data(), sum_exp_.data(), target_.data(), N);
+  ops::ce_losses(dev_, losses, max_.data(), sum_exp_.data(), target_.data(), targets, N);
 }
 
 void VocabParallelCrossEntropy::backward(float* logits, const int32_t* targets, const float* dloss,

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(fuzz_net_spec fuzz_config fuzz_data_header fuzz_checkpoint)
+[[ ${#targets[@]} -gt 0 ]] || targets=(fuzz_net_spec fuzz_config fuzz_data_header fuzz_checkpoint fuzz_safetensors)
 jobs=${JOBS:-$(nproc)}
 
 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g" \

@@ -7,6 +7,7 @@ pkgs=(build-essential cmake pkg-config
       libhdf5-dev hdf5-tools
       libopenblas-dev libeigen3-dev
       libcli11-dev catch2 libtomlplusplus-dev nlohmann-json3-dev libxxhash-dev
+      clang libclang-rt-dev
       python3-numpy python3-h5py python3-matplotlib)
 [[ "${1:-}" == "--bench" ]] && pkgs+=(python3-torch)
 missing=()

@@ -89,11 +89,12 @@ void ce_local_exp_sum(float* sum_exp, float* logits, const float* row_max, int N
 }
 
 void ce_losses(float* losses, const float* row_max, const float* sum_exp,
-               const float* target_logit, int N) {
+               const float* target_logit, const int32_t* tgt, int N) {
   for (int n = 0; n < N; ++n)
-    losses[n] = static_cast<float>(std::log(static_cast<double>(sum_exp[n])) +
-                                   static_cast<double>(row_max[n]) -
-                                   static_cast<double>(target_logit[n]));
+    losses[n] = tgt[n] < 0 ? 0.0f
+                           : static_cast<float>(std::log(static_cast<double>(sum_exp[n])) +
+                                                static_cast<double>(row_max[n]) -
+                                                static_cast<double>(target_logit[n]));
 }
 
 void ce_backward_inplace(float* logits, const float* sum_exp, const int32_t* tgt,

@@ -83,9 +83,10 @@ void ce_local_target(float* target_logit, const float* logits, const int32_t* tg
                      int vocab_start);
 // Step 3: logits[n,v] <- exp(logits[n,v] - row_max[n]) IN PLACE; sum_exp[n] = row sum. (SUM)
 void ce_local_exp_sum(float* sum_exp, float* logits, const float* row_max, int N, int V);
-// Loss per row: losses[n] = log(sum_exp[n]) + row_max[n] - target_logit[n].
+// Loss per row: losses[n] = log(sum_exp[n]) + row_max[n] - target_logit[n]; 0 where tgt[n] < 0
+// (an ignored target: masked out of the loss, e.g. a prompt token in supervised fine-tuning).
 void ce_losses(float* losses, const float* row_max, const float* sum_exp,
-               const float* target_logit, int N);
+               const float* target_logit, const int32_t* tgt, int N);
 // Backward, in place on the exponentials left by step 3:
 // logits[n,v] <- (exp[n,v] / sum_exp[n] - [v == tgt[n]-vocab_start]) * dloss[n].
 // Rows with tgt[n] < 0 (ignored) get zero gradient.

@@ -68,9 +68,9 @@ __global__ void ce_exp_sum_k(float* sum_exp, float* logits, const float* row_max
 }
 
 __global__ void ce_losses_k(float* losses, const float* row_max, const float* sum_exp,
-                            const float* target, int N) {
+                            const float* target, const int32_t* tgt, int N) {
   const int n = blockIdx.x * blockDim.x + threadIdx.x;
-  if (n < N) losses[n] = logf(sum_exp[n]) + row_max[n] - target[n];
+  if (n < N) losses[n] = tgt[n] < 0 ? 0.0f : logf(sum_exp[n]) + row_max[n] - target[n];
 }
 
 __global__ void ce_backward_k(float* logits, const float* sum_exp, const int32_t* tgt,
@@ -132,8 +132,8 @@ void ce_local_exp_sum(float* sum_exp, float* logits, const float* row_max, int N
   check_launch("ce_local_exp_sum");
 }
 void ce_losses(float* losses, const float* row_max, const float* sum_exp,
-               const float* target_logit, int N) {
-  ce_losses_k<<<blocks_for(N), kThreads>>>(losses, row_max, sum_exp, target_logit, N);
+               const float* target_logit, const int32_t* tgt, int N) {
+  ce_losses_k<<<blocks_for(N), kThreads>>>(losses, row_max, sum_exp, target_logit, tgt, N);
   check_launch("ce_losses");
 }
 void ce_backward_inplace(float* logits, const float* sum_exp, const int32_t* tgt,

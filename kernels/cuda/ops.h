@@ -75,7 +75,7 @@ void ce_local_target(float* target_logit, const float* logits, const int32_t* tg
                      int vocab_start);
 void ce_local_exp_sum(float* sum_exp, float* logits, const float* row_max, int N, int V);
 void ce_losses(float* losses, const float* row_max, const float* sum_exp,
-               const float* target_logit, int N);
+               const float* target_logit, const int32_t* tgt, int N);
 void ce_backward_inplace(float* logits, const float* sum_exp, const int32_t* tgt,
                          const float* dloss, int N, int V, int vocab_start);
 

@@ -64,8 +64,8 @@
   X(void, ce_local_exp_sum, (float* sum_exp, float* logits, const float* row_max, int N, int V),   \
     (sum_exp, logits, row_max, N, V))                                                              \
   X(void, ce_losses, (float* losses, const float* row_max, const float* sum_exp,                   \
-                      const float* target_logit, int N),                                           \
-    (losses, row_max, sum_exp, target_logit, N))                                                   \
+                      const float* target_logit, const int32_t* tgt, int N),                       \
+    (losses, row_max, sum_exp, target_logit, tgt, N))                                              \
   X(void, ce_backward_inplace, (float* logits, const float* sum_exp, const int32_t* tgt,           \
                                 const float* dloss, int N, int V, int vocab_start),                \
     (logits, sum_exp, tgt, dloss, N, V, vocab_start))                                              \

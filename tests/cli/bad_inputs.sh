@@ -57,11 +57,11 @@ expect_error 1 "but only" grid toobig.toml --out toobig-grid
 expect_error 1 "--make-vocab-size-divisible-by must be > 0" train "${llama[@]}" --make-vocab-size-divisible-by 0
 expect_error 1 "--hidden-size 30 is not divisible by --num-attention-heads 4" train "${small[@]}" --hidden-size 30
 expect_error 1 "--lr must be > 0" train "${small[@]}" --lr -1
-expect_error 1 "--train-iters must be >= 1" train "${small[@]}" --train-iters 0
+expect_error 1 "--train-iters must be >= 0" train "${small[@]}" --train-iters -1
 expect_error 2 "--global-batch-size 3 is not a multiple" train --dp 2 "${small[@]}" --global-batch-size 3
 expect_error 1 "--adam-beta2 must be in [0, 1)" train "${small[@]}" --adam-beta2 1.5
 expect_error 1 "unknown --model preset 'gpt-huge'" train --model gpt-huge
-expect_error 1 "--data-format must be auto, text, uint16 or llmc" train "${small[@]}" --data-format csv
+expect_error 1 "--data-format must be auto, text, uint16, llmc or megatron" train "${small[@]}" --data-format csv
 expect_error 2 "--device must be cpu or cuda, got 'tpu'" train --tp 2 "${small[@]}" --device tpu
 # --device cuda where no GPU can be used: refused before training, saying why
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then

@@ -672,14 +672,15 @@ void ce_local_exp_sum(float* sum_exp, float* logits, const float* row_max, int N
 }
 
 void ce_losses(float* losses, const float* row_max, const float* sum_exp,
-               const float* target_logit, int N) {
+               const float* target_logit, const int32_t* tgt, int N) {
   Call c("ce_losses");
   c.dev("losses", losses, F * n_of(N));
   c.dev("row_max", row_max, F * n_of(N));
   c.dev("sum_exp", sum_exp, F * n_of(N));
   c.dev("target_logit", target_logit, F * n_of(N));
+  c.dev("tgt", tgt, sizeof(int32_t) * n_of(N));
   c.go();
-  cpu::ce_losses(losses, row_max, sum_exp, target_logit, N);
+  cpu::ce_losses(losses, row_max, sum_exp, target_logit, tgt, N);
 }
 
 void ce_backward_inplace(float* logits, const float* sum_exp, const int32_t* tgt,

@@ -184,17 +184,21 @@ TEST_CASE("embeddings and cross-entropy match the CPU", "[gpu]") {
   auto logits = randn(size_t(N) * V, 16, 3.0f);
   auto dloss = randn(N, 17);
   std::vector<float> mx(N), tg(N), se(N), loss(N), l = logits;
+  std::vector<int32_t> tgt = tok;
+  tgt[1] = -1;  // an ignored target: zero loss and zero gradient row
+  Dev<int32_t> gtgt(tgt);
   cpu::ce_local_max(mx.data(), l.data(), N, V);
-  cpu::ce_local_target(tg.data(), l.data(), tok.data(), N, V, v0);
+  cpu::ce_local_target(tg.data(), l.data(), tgt.data(), N, V, v0);
   cpu::ce_local_exp_sum(se.data(), l.data(), mx.data(), N, V);
-  cpu::ce_losses(loss.data(), mx.data(), se.data(), tg.data(), N);
-  cpu::ce_backward_inplace(l.data(), se.data(), tok.data(), dloss.data(), N, V, v0);
+  cpu::ce_losses(loss.data(), mx.data(), se.data(), tg.data(), tgt.data(), N);
+  cpu::ce_backward_inplace(l.data(), se.data(), tgt.data(), dloss.data(), N, V, v0);
+  CHECK(loss[1] == 0.0f);
   Dev<float> gl(logits), gmx(N), gtg(N), gse(N), gloss(N), gdl(dloss);
   cuda::ce_local_max(gmx.p, gl.p, N, V);
-  cuda::ce_local_target(gtg.p, gl.p, gtok.p, N, V, v0);
+  cuda::ce_local_target(gtg.p, gl.p, gtgt.p, N, V, v0);
   cuda::ce_local_exp_sum(gse.p, gl.p, gmx.p, N, V);
-  cuda::ce_losses(gloss.p, gmx.p, gse.p, gtg.p, N);
-  cuda::ce_backward_inplace(gl.p, gse.p, gtok.p, gdl.p, N, V, v0);
+  cuda::ce_losses(gloss.p, gmx.p, gse.p, gtg.p, gtgt.p, N);
+  cuda::ce_backward_inplace(gl.p, gse.p, gtgt.p, gdl.p, N, V, v0);
   CHECK(diff(gmx.host(), mx) == 0);
   CHECK(diff(gtg.host(), tg) == 0);
   CHECK(diff(gse.host(), se) < 1e-5);

@@ -14,7 +14,6 @@
 // constant (norm weights 1, biases 0), so that every parameter changes the loss and a wrong
 // bias or gain in either implementation shows in the comparison. The written parameters are
 // the perturbed ones.
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -29,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "experiments/safetensors.h"
 #include "models/config.h"
 #include "models/gpt.h"
 #include "sim/comm.h"
@@ -50,40 +50,6 @@ uint64_t splitmix64(uint64_t x) {
 double uniform_pm1(uint64_t a, uint64_t b, uint64_t c) {
   const uint64_t h = splitmix64(splitmix64(splitmix64(a) ^ b) ^ c);
   return static_cast<double>(h >> 11) * 0x1.0p-53 * 2.0 - 1.0;
-}
-
-struct NamedTensor {
-  std::string name;
-  std::vector<int64_t> shape;
-  const float* data;
-};
-
-// safetensors: u64 LE header length N, N bytes of JSON (space-padded so the data starts at a
-// multiple of 8), then the raw little-endian buffers, tiled in the order given.
-void write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& ts) {
-  static_assert(std::endian::native == std::endian::little, "safetensors is little-endian");
-  json header = json::object();
-  header["__metadata__"] = {{"format", "pt"}};
-  uint64_t off = 0;
-  for (const NamedTensor& t : ts) {
-    uint64_t n = 1;
-    for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {off, off + 4 * n}}};
-    off += 4 * n;
-  }
-  std::string text = header.dump();
-  while ((8 + text.size()) % 8 != 0) text.push_back(' ');
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot write " + path.string());
-  const uint64_t len = text.size();
-  f.write(reinterpret_cast<const char*>(&len), 8);
-  f.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const NamedTensor& t : ts) {
-    uint64_t n = 1;
-    for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
-    f.write(reinterpret_cast<const char*>(t.data), static_cast<std::streamsize>(4 * n));
-  }
-  if (!f) throw std::runtime_error("short write to " + path.string());
 }
 
 [[noreturn]] void usage(const std::string& msg) {
@@ -178,7 +144,7 @@ int main(int argc, char** argv) {
 
     namespace fs = std::filesystem;
     fs::create_directories(out);
-    std::vector<NamedTensor> values, grads;
+    std::vector<safetensors::NamedTensor> values, grads;
     std::map<std::string, json> shapes;
     for (size_t i = 0; i < specs.size(); ++i) {
       if (specs[i].local != specs[i].full) throw std::logic_error("TP=1 shard is not the full tensor: " + specs[i].name);
@@ -186,8 +152,10 @@ int main(int argc, char** argv) {
       grads.push_back({specs[i].name, specs[i].full, ps.grad(static_cast<int>(i))});
       shapes[specs[i].name] = specs[i].full;
     }
-    write_safetensors(fs::path(out) / "params.safetensors", values);
-    write_safetensors(fs::path(out) / "grads.safetensors", grads);
+    // Tensors ordered by name (the reader looks them up by name); {"format": "pt"} as transformers.
+    const std::map<std::string, std::string> st_meta = {{"format", "pt"}};
+    safetensors::write_file((fs::path(out) / "params.safetensors").string(), values, safetensors::DType::F32, st_meta);
+    safetensors::write_file((fs::path(out) / "grads.safetensors").string(), grads, safetensors::DType::F32, st_meta);
 
     json meta;
     meta["config"] = {

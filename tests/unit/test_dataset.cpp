@@ -423,3 +423,364 @@ TEST_CASE("fill_sequence is a deterministic shifted window", "[data]") {
   CHECK(y[T - 1] == T);
   CHECK_THROWS(fill_sequence(std::vector<int32_t>(T), 7, 0, 0, 0, T, x.data(), y.data()));
 }
+
+// ---- Megatron indexed datasets, llm.c uint32, loss masks, one-sequence eval files ----------
+
+namespace {
+
+// A Megatron .idx / .bin pair written straight from the format definition
+// (megatron/core/datasets/indexed_dataset.py, version 1; one document per sequence), as bytes
+// a test can damage before writing.
+struct Megatron {
+  std::vector<unsigned char> idx, bin;
+};
+
+void put_u64(std::vector<unsigned char>& b, uint64_t v) {
+  for (int i = 0; i < 8; ++i) b.push_back(static_cast<unsigned char>(v >> (8 * i)));
+}
+
+size_t itemsize(int code) {
+  switch (code) {
+    case 1: case 2: return 1;
+    case 3: case 8: return 2;
+    case 4: case 7: return 4;
+    default: return 8;  // 5 int64, 6 float64
+  }
+}
+
+Megatron megatron(const std::vector<std::vector<int64_t>>& docs, int code) {
+  Megatron m;
+  const size_t item = itemsize(code);
+  for (const auto& d : docs)
+    for (int64_t t : d)
+      for (size_t k = 0; k < item; ++k) m.bin.push_back(static_cast<unsigned char>(static_cast<uint64_t>(t) >> (8 * k)));
+  const char magic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', 0, 0};
+  m.idx.insert(m.idx.end(), magic, magic + 9);
+  put_u64(m.idx, 1);                                  // version
+  m.idx.push_back(static_cast<unsigned char>(code));  // dtype
+  put_u64(m.idx, docs.size());                        // S
+  put_u64(m.idx, docs.size() + 1);                    // D
+  for (const auto& d : docs) put_i32(m.idx, static_cast<int32_t>(d.size()));
+  uint64_t ptr = 0;
+  for (const auto& d : docs) {
+    put_u64(m.idx, ptr);
+    ptr += d.size() * item;
+  }
+  for (size_t i = 0; i <= docs.size(); ++i) put_u64(m.idx, i);
+  return m;
+}
+
+void write_megatron(const std::string& prefix, const Megatron& m) {
+  write_bytes(prefix + ".idx", m.idx);
+  write_bytes(prefix + ".bin", m.bin);
+}
+
+std::vector<unsigned char> llmc32_file(const std::vector<uint32_t>& toks, int32_t version = 7) {
+  std::vector<unsigned char> b;
+  put_i32(b, 20240801);
+  put_i32(b, version);
+  put_i32(b, static_cast<int32_t>(toks.size()));
+  for (int i = 3; i < 256; ++i) put_i32(b, 0);
+  for (uint32_t t : toks) put_i32(b, static_cast<int32_t>(t));
+  return b;
+}
+
+// `fn` must throw a std::exception whose message contains every string of `parts`.
+template <class F>
+void require_message(F&& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+    FAIL("no exception");
+  } catch (const std::exception& e) {
+    const std::string msg = e.what();
+    INFO("message: " << msg);
+    for (const std::string& p : parts) CHECK(msg.find(p) != std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("megatron indexed datasets read documents of any length and dtype", "[data]") {
+  TempDir d;
+  const std::vector<std::vector<int64_t>> docs = {{5, 6, 7, 8, 9}, {1}, {}, {20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31}, {2, 3, 4}};
+  std::vector<int32_t> all;
+  for (const auto& doc : docs) all.insert(all.end(), doc.begin(), doc.end());
+  for (int code : {1, 2, 3, 4, 5, 8}) {
+    INFO("dtype code " << code);
+    const std::string prefix = d.file("ds" + std::to_string(code) + "_text_document");
+    write_megatron(prefix, megatron(docs, code));
+    const IndexedDataset ds = read_indexed_dataset(prefix);
+    CHECK(ds.dtype_code == code);
+    CHECK(ds.tokens == all);
+    CHECK(ds.sequence_lengths == std::vector<int32_t>{5, 1, 0, 12, 3});
+    const int64_t it = static_cast<int64_t>(itemsize(code));
+    CHECK(ds.sequence_pointers == std::vector<int64_t>{0, 5 * it, 6 * it, 6 * it, 18 * it});
+    CHECK(ds.document_indices == std::vector<int64_t>{0, 1, 2, 3, 4, 5});
+    // PREFIX.bin and PREFIX.idx name the same pair
+    CHECK(read_indexed_dataset(prefix + ".bin").tokens == all);
+    CHECK(read_indexed_dataset(prefix + ".idx").tokens == all);
+  }
+  SECTION("load_corpus: --data-format megatron, and auto from the prefix or the .bin") {
+    // Llama-3 sized ids need int32 (Megatron's optimal dtype for a vocab >= 65500)
+    const std::vector<std::vector<int64_t>> big = {{128000, 9906, 1917}, {128000, 40, 1097, 264, 128001}};
+    const std::string prefix = d.file("llama_text_document");
+    write_megatron(prefix, megatron(big, 4));
+    for (const std::string& path : {prefix, prefix + ".bin", prefix + ".idx"})
+      for (const char* fmt : {"auto", "megatron"}) {
+        INFO(path << " " << fmt);
+        DataOptions opt;
+        opt.path = path;
+        opt.format = fmt;
+        opt.eval_fraction = 0.25;
+        const TokenCorpus c = load_corpus(opt);
+        CHECK(c.format == "megatron");
+        CHECK(c.train == std::vector<int32_t>{128000, 9906, 1917, 128000, 40, 1097});
+        CHECK(c.val == std::vector<int32_t>{264, 128001});
+        CHECK(c.vocab_size == 128002);
+      }
+    // a megatron eval set beside another format's training file (auto: each file on its own)
+    write_bytes(d.file("train.bin"), llmc32_file({128000, 1, 2, 3, 4}));
+    DataOptions opt;
+    opt.path = d.file("train.bin");
+    opt.eval_path = prefix;
+    const TokenCorpus c = load_corpus(opt);
+    CHECK(c.format == "llmc");
+    CHECK(c.val.size() == 8);
+  }
+}
+
+TEST_CASE("megatron index errors name the file and the problem", "[data]") {
+  TempDir d;
+  const std::string prefix = d.file("bad");
+  const std::string idx = prefix + ".idx", bin = prefix + ".bin";
+  const Megatron good = megatron({{1, 2, 3}, {4, 5}}, 8);
+  DataOptions opt;
+  opt.path = prefix;
+  opt.format = "megatron";
+  auto expect = [&](Megatron m, const std::string& file, const std::string& what) {
+    write_megatron(prefix, m);
+    require_throws_naming(opt, file, what);
+  };
+  SECTION("bad magic") {
+    Megatron m = good;
+    m.idx[0] = 'X';
+    expect(m, idx, "bad magic");
+  }
+  SECTION("version") {
+    Megatron m = good;
+    m.idx[9] = 2;
+    expect(m, idx, "unsupported version 2");
+  }
+  SECTION("float dtypes are not token ids") {
+    Megatron m = good;
+    m.idx[17] = 7;
+    expect(m, idx, "dtype code 7 (float32) holds no token ids");
+    m.idx[17] = 6;
+    expect(m, idx, "dtype code 6 (float64)");
+  }
+  SECTION("unknown dtype code") {
+    Megatron m = good;
+    m.idx[17] = 9;
+    expect(m, idx, "unknown dtype code 9");
+  }
+  SECTION("truncated index") {
+    Megatron m = good;
+    m.idx.resize(m.idx.size() - 3);
+    expect(m, idx, "truncated");
+    m.idx.resize(20);
+    expect(m, idx, "shorter than the 34-byte header");
+  }
+  SECTION("a count that overflows the file") {
+    Megatron m = good;
+    for (int k = 18; k < 26; ++k) m.idx[k] = 0xff;  // S = 2^64 - 1
+    expect(m, idx, "truncated");
+  }
+  SECTION("trailing bytes in the index") {
+    Megatron m = good;
+    m.idx.insert(m.idx.end(), 5, 0);
+    expect(m, idx, "size mismatch");
+  }
+  SECTION("pointer beyond the .bin") {
+    Megatron m = good;
+    m.bin.resize(6);  // the second sequence (4 bytes at byte 6) is gone
+    expect(m, idx, "lies beyond the end of " + bin);
+  }
+  SECTION("pointers inconsistent with the lengths") {
+    Megatron m = good;
+    m.idx[34 + 4 * 2 + 8] = 4;  // second pointer 4 instead of 6
+    expect(m, idx, "starts at byte 4, expected 6");
+  }
+  SECTION("trailing bytes in the .bin") {
+    Megatron m = good;
+    m.bin.push_back(0);
+    m.bin.push_back(0);
+    expect(m, bin, "has 12 bytes but");
+  }
+  SECTION("document indices") {
+    Megatron m = good;
+    m.idx[m.idx.size() - 8] = 1;  // last document index 1, not S = 2
+    expect(m, idx, "document_indices end at 1");
+  }
+  SECTION("negative token ids") {
+    write_megatron(prefix, megatron({{1, -3, 2}}, 3));
+    require_throws_naming(opt, bin, "negative");
+  }
+  SECTION("a missing pair") {
+    opt.path = d.file("nothing");
+    require_throws_naming(opt, opt.path, "--data-path takes the prefix");
+    write_bytes(d.file("half.bin"), {1, 0});
+    opt.path = d.file("half");
+    require_throws_naming(opt, opt.path + ".idx", "does not exist");
+  }
+}
+
+TEST_CASE("llm.c uint32 token files (magic 20240801, version 7)", "[data]") {
+  TempDir d;
+  const std::vector<uint32_t> toks = {128000, 9906, 11, 1917, 0, 128255};
+  write_bytes(d.file("fw_train_000001.bin"), llmc32_file(toks));
+  DataOptions opt;
+  opt.path = d.file("fw_train_000001.bin");
+  opt.eval_fraction = 0.5;
+  for (const char* fmt : {"auto", "llmc"}) {
+    opt.format = fmt;
+    const TokenCorpus c = load_corpus(opt);
+    CHECK(c.format == "llmc");
+    CHECK(c.train == std::vector<int32_t>{128000, 9906, 11});
+    CHECK(c.val == std::vector<int32_t>{1917, 0, 128255});
+    CHECK(c.vocab_size == 128256);
+  }
+  opt.format = "auto";
+  SECTION("version 1 with the uint32 magic") {
+    write_bytes(opt.path, llmc32_file(toks, 1));
+    require_throws_naming(opt, opt.path, "unsupported llm.c header version 1");
+  }
+  SECTION("uint16-sized payload under a uint32 header") {
+    std::vector<unsigned char> b = llmc32_file(toks);
+    b.resize(1024 + 2 * toks.size());
+    write_bytes(opt.path, b);
+    require_throws_naming(opt, opt.path, "size mismatch");
+  }
+  SECTION("an id beyond int32") {
+    write_bytes(opt.path, llmc32_file({1, 2, 0x80000000u, 3}));
+    require_throws_naming(opt, opt.path, "2147483648");
+  }
+}
+
+TEST_CASE("token ids beyond the vocabulary name the file, the id and the vocab", "[data]") {
+  TokenCorpus c;
+  c.format = "uint16";
+  c.train_file = c.val_file = "/data/a.bin";
+  c.train = {1, 2, 3, 4};
+  c.val = {5, 70, 6};
+  CHECK_NOTHROW(check_vocab(c, 71));
+  require_message([&] { check_vocab(c, 64); },
+                  {"/data/a.bin", "token id 70", "position 5", "--vocab-size is 64", "ids 0..63"});
+  c.val_file = "/data/v.bin";  // a separate eval file: positions in it
+  require_message([&] { check_vocab(c, 64); }, {"/data/v.bin", "token id 70", "position 1"});
+  c.train[2] = 99;
+  require_message([&] { check_vocab(c, 64); }, {"/data/a.bin", "token id 99", "position 2"});
+}
+
+TEST_CASE("an eval file of exactly one sequence is valid", "[data]") {
+  TempDir d;
+  const int T = 8;
+  std::vector<uint16_t> tr, va;
+  for (int i = 0; i < 100; ++i) tr.push_back(static_cast<uint16_t>(i % 50));
+  for (int i = 0; i < T + 1; ++i) va.push_back(static_cast<uint16_t>(100 + i));
+  write_bytes(d.file("train.bin"), llmc_file(tr));
+  write_bytes(d.file("val.bin"), llmc_file(va));
+  DataOptions opt;
+  opt.path = d.file("train.bin");
+  opt.eval_path = d.file("val.bin");
+  const TokenCorpus c = load_corpus(opt);
+  CHECK_NOTHROW(check_sequences(c, T));
+  CHECK_THROWS_WITH(check_sequences(c, T + 1), Catch::Contains("9 eval tokens"));
+  std::vector<int32_t> x(T), y(T);
+  for (int64_t it = 0; it < 5; ++it)
+    for (int64_t s = 0; s < 4; ++s) {
+      fill_sequence(c.val, c.val_mask, 1, 1, it, s, T, x.data(), y.data());
+      for (int t = 0; t < T; ++t) {
+        REQUIRE(x[t] == 100 + t);
+        REQUIRE(y[t] == 101 + t);
+      }
+    }
+}
+
+TEST_CASE("loss masks: one uint8 per token, split with the tokens, -1 targets", "[data]") {
+  TempDir d;
+  std::vector<uint16_t> toks;
+  std::vector<unsigned char> mask;
+  for (int i = 0; i < 200; ++i) {
+    toks.push_back(static_cast<uint16_t>(i));
+    mask.push_back(static_cast<unsigned char>((i % 10) >= 6));  // 4 of every 10 are targets
+  }
+  write_bytes(d.file("sft.bin"), llmc_file(toks));
+  write_bytes(d.file("sft.mask"), mask);
+  DataOptions opt;
+  opt.path = d.file("sft.bin");
+  opt.loss_mask = d.file("sft.mask");
+  opt.eval_fraction = 0.25;
+  const TokenCorpus c = load_corpus(opt);
+  REQUIRE(c.train.size() == 150);
+  REQUIRE(c.train_mask.size() == 150);
+  REQUIRE(c.val_mask.size() == 50);
+  CHECK(std::equal(c.val_mask.begin(), c.val_mask.end(), mask.begin() + 150));
+
+  const int T = 16;
+  std::vector<int32_t> x(T), y(T), x0(T), y0(T);
+  for (int64_t it = 0; it < 20; ++it) {
+    int64_t counted = 0;
+    for (int64_t s = 0; s < 6; ++s) {
+      fill_sequence(c.train, c.train_mask, 3, 0, it, s, T, x.data(), y.data());
+      fill_sequence(c.train, 3, 0, it, s, T, x0.data(), y0.data());
+      REQUIRE(x == x0);  // the same window: the mask changes only the targets
+      for (int t = 0; t < T; ++t) {
+        const bool target = (y0[t] % 10) >= 6;
+        REQUIRE(y[t] == (target ? y0[t] : -1));
+        counted += target;
+      }
+    }
+    CHECK(count_targets(c.train.size(), c.train_mask, 3, 0, it, 6, T) == counted);
+    CHECK(count_targets(c.train.size(), {}, 3, 0, it, 6, T) == 6 * T);
+  }
+
+  SECTION("a mask of another length") {
+    write_bytes(d.file("short.mask"), std::vector<unsigned char>(199, 1));
+    opt.loss_mask = d.file("short.mask");
+    require_throws_naming(opt, opt.loss_mask, "has 199 bytes but data " + opt.path + " has 200 tokens");
+  }
+  SECTION("a byte other than 0 or 1") {
+    std::vector<unsigned char> m = mask;
+    m[17] = 2;
+    write_bytes(d.file("two.mask"), m);
+    opt.loss_mask = d.file("two.mask");
+    require_throws_naming(opt, opt.loss_mask, "byte 17 is 2");
+  }
+  SECTION("nothing to learn") {
+    std::vector<unsigned char> m(200, 0);
+    m[199] = 1;  // only in the eval tail
+    write_bytes(d.file("zero.mask"), m);
+    opt.loss_mask = d.file("zero.mask");
+    require_throws_naming(opt, opt.loss_mask, "no 1 in the training split");
+  }
+  SECTION("separate eval file and mask") {
+    write_bytes(d.file("val.bin"), llmc_file({1, 2, 3, 4}));
+    write_bytes(d.file("val.mask"), {0, 0, 1, 1});
+    opt.eval_path = d.file("val.bin");
+    opt.eval_loss_mask = d.file("val.mask");
+    const TokenCorpus e = load_corpus(opt);
+    CHECK(e.train_mask.size() == 200);
+    CHECK(e.val_mask == std::vector<uint8_t>{0, 0, 1, 1});
+    write_bytes(d.file("val3.mask"), {0, 1, 1});
+    opt.eval_loss_mask = d.file("val3.mask");
+    require_throws_naming(opt, opt.eval_loss_mask, "has 4 tokens");
+  }
+  SECTION("an eval mask without an eval file") {
+    opt.eval_loss_mask = d.file("sft.mask");
+    require_throws_naming(opt, opt.eval_loss_mask, "needs --eval-data");
+  }
+  SECTION("a missing mask") {
+    opt.loss_mask = d.file("nope.mask");
+    require_throws_naming(opt, "loss mask " + opt.loss_mask, "does not exist");
+  }
+}

@@ -554,7 +554,7 @@ CeResult run_ce(const VecF& logits, const std::vector<int32_t>& tgt, const VecF&
   }
   CeResult r;
   r.losses.resize(N);
-  cpu::ce_losses(r.losses.data(), mx.data(), sum.data(), target.data(), N);
+  cpu::ce_losses(r.losses.data(), mx.data(), sum.data(), target.data(), tgt.data(), N);
   r.grad.resize(static_cast<size_t>(N) * Vtot);
   for (int s = 0; s < S; ++s) {
     const int V = bounds[s + 1] - bounds[s];
@@ -580,6 +580,7 @@ TEST_CASE("cross-entropy chain: losses and gradients, one shard and two", "[kern
   for (int n = 0; n < N; ++n)
     if (tgt[n] >= 0) valid_loss.push_back(one.losses[n]), valid_want.push_back(static_cast<float>(want_loss[n]));
   CHECK(rel_err(valid_loss, VecD(valid_want.begin(), valid_want.end())) < 1e-6);
+  CHECK(one.losses[3] == 0.0f);  // an ignored target contributes no loss
 
   // L = sum over non-ignored rows of dloss[n] * loss[n]
   auto L = [&](const VecD& x) {

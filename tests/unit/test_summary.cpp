@@ -52,6 +52,7 @@ struct RunSpec {
   std::vector<double> eval = {3.2};
   double loss_rate = 0.0;
   std::map<std::string, json> config_overrides;
+  std::vector<double> acc, acc_norm;  // /eval/accuracy{,_norm} (--eval-task); none when empty
 };
 
 void write_run(const fs::path& root, const std::string& id, const RunSpec& r) {
@@ -78,6 +79,10 @@ void write_run(const fs::path& root, const std::string& id, const RunSpec& r) {
   for (size_t i = 0; i < r.eval.size(); ++i) {
     m.append("eval/iteration", static_cast<double>(2 * (i + 1)));
     m.append("eval/loss", r.eval[i]);
+  }
+  for (size_t i = 0; i < r.acc.size(); ++i) {
+    m.append("eval/accuracy", r.acc[i]);
+    m.append("eval/accuracy_norm", r.acc_norm[i]);
   }
   m.flush();
 }
@@ -231,6 +236,73 @@ TEST_CASE("exact rows have gap 0, lossy rows the difference to their exact twin"
   CHECK(recs[0].at("observed_loss_rate") == "0.049");
   CHECK(recs[0].at("final_eval_loss") == "3.45");
   CHECK(recs[0].at("data_entropy_floor") == "2.0188");
+}
+
+TEST_CASE("--eval-task accuracy: final values, gaps to the exact twin, CIs over seeds", "[analysis]") {
+  TempDir t;
+  write_run(t.dir, "exact-s1", {.net = "exact", .seed = 1, .eval = {3.4, 3.2}, .acc = {0.3, 0.80}, .acc_norm = {0.3, 0.82}});
+  write_run(t.dir, "exact-s2", {.net = "exact", .seed = 2, .eval = {3.5, 3.3}, .acc = {0.3, 0.70}, .acc_norm = {0.3, 0.72}});
+  write_run(t.dir, "drop-s1", {.net = "drop:rate=0.05", .seed = 1, .eval = {3.6, 3.45}, .acc = {0.2, 0.75},
+                               .acc_norm = {0.2, 0.80}});
+  write_run(t.dir, "drop-s2", {.net = "drop:rate=0.05", .seed = 2, .eval = {3.7, 3.4}, .acc = {0.2, 0.60},
+                               .acc_norm = {0.2, 0.70}});
+  const Summary s = summarize_dir(t.str());
+  REQUIRE(s.has_accuracy());
+  const RunRecord& d1 = find_run(s, "drop-s1");
+  CHECK(*d1.final_accuracy == 0.75);
+  CHECK(*d1.final_accuracy_norm == 0.80);
+  CHECK(*d1.accuracy_gap == Approx(0.75 - 0.80));
+  CHECK(*d1.accuracy_norm_gap == Approx(0.80 - 0.82));
+  CHECK(*find_run(s, "drop-s2").accuracy_gap == Approx(0.60 - 0.70));
+  CHECK(*find_run(s, "exact-s2").accuracy_gap == 0.0);
+
+  const auto recs = csv_records(summary_csv(s));
+  CHECK(recs[0].at("final_accuracy") == "0.75");
+  CHECK(num(recs[0].at("accuracy_gap")) == Approx(-0.05));
+  CHECK(num(recs[0].at("accuracy_norm_gap")) == Approx(-0.02));
+  CHECK(recs[2].at("accuracy_gap") == "0");  // exact-s1
+
+  const auto groups = aggregate_over_seeds(s);
+  const SeedGroup& dr = find_group(groups, "drop:rate=0.05");
+  const double t1 = 12.706205;  // t_{0.975, 1}
+  CHECK(*dr.final_accuracy.mean == Approx(0.675));
+  CHECK(*dr.final_accuracy.std == Approx(0.15 / std::sqrt(2.0)));
+  CHECK(*dr.accuracy_gap.mean == Approx(-0.075));
+  CHECK(*dr.accuracy_gap.std == Approx(0.05 / std::sqrt(2.0)));
+  CHECK(*dr.accuracy_gap.ci_low == Approx(-0.075 - t1 * 0.025).epsilon(1e-6));
+  CHECK(*dr.final_accuracy_norm.mean == Approx(0.75));
+  CHECK(*dr.accuracy_norm_gap.mean == Approx(-0.02));
+  CHECK(*dr.accuracy_norm_gap.std == Approx(0.0).margin(1e-12));
+  const auto agg = csv_records(aggregate_csv(s, groups));
+  const auto& row = agg[0].at("net") == "exact" ? agg[1] : agg[0];
+  CHECK(num(row.at("final_accuracy_mean")) == Approx(0.675));
+  CHECK(num(row.at("accuracy_gap_ci95_high")) == Approx(-0.075 + t1 * 0.025).epsilon(1e-6));
+  CHECK(row.count("final_accuracy_norm_std") == 1);
+}
+
+TEST_CASE("runs without accuracy: no accuracy columns; mixed folders leave cells empty", "[analysis]") {
+  TempDir t;
+  write_run(t.dir, "exact-s1", {.net = "exact", .seed = 1});
+  write_run(t.dir, "drop-s1", {.net = "drop:rate=0.05", .seed = 1, .eval = {3.5}});
+  {
+    const Summary s = summarize_dir(t.str());
+    CHECK_FALSE(s.has_accuracy());
+    CHECK(summary_csv(s).find("accuracy") == std::string::npos);
+    CHECK(aggregate_csv(s, aggregate_over_seeds(s)).find("accuracy") == std::string::npos);
+    CHECK(*find_run(s, "drop-s1").eval_loss_gap == Approx(0.3));
+  }
+  // a new lossy run with accuracy beside the old exact one without: no accuracy gap to take
+  write_run(t.dir, "ge-s1", {.net = "ge:p=0.01,r=0.5", .seed = 1, .eval = {3.6}, .acc = {0.5}, .acc_norm = {0.6}});
+  const Summary s = summarize_dir(t.str());
+  CHECK(s.has_accuracy());
+  const auto recs = csv_records(summary_csv(s));
+  REQUIRE(recs.size() == 3);
+  CHECK(recs[0].at("final_accuracy") == "");   // drop-s1
+  CHECK(recs[2].at("final_accuracy") == "0.5");  // ge-s1
+  CHECK(recs[2].at("final_accuracy_norm") == "0.6");
+  CHECK(recs[2].at("accuracy_gap") == "");
+  CHECK(recs[2].at("exact_twin") == "exact-s1");  // the loss twin
+  CHECK(num(recs[2].at("eval_loss_gap")) == Approx(0.4));
 }
 
 TEST_CASE("final train loss averages the last 10 iterations", "[analysis]") {
