@@ -14,6 +14,10 @@ DIR is a folder of runs, DIR/<run-id>/metrics.h5 (or one run folder). Writes int
   accuracy.png          only when a run has /eval/accuracy (--eval-task): downstream accuracy
                         (solid) and length-normalised accuracy (dotted) vs iteration, one colour
                         per network model, median over seeds with a min-max band.
+  replica_divergence.png  only when a run has /divergence/replica_divergence and some replica
+                        diverged: the largest relative L2 distance between ranks' copies of a
+                        replicated parameter vs iteration (symlog axis; 0 = bit-identical), one
+                        colour per network model, median over seeds with a min-max band.
   time_to_target.png    only when a run's net spec has transport=reliable: cumulative simulated
                         communication time vs train loss, and the time each model needs to reach
                         the target loss = 1.05 x the exact runs' final train loss.
@@ -171,6 +175,7 @@ def load_run(run_id, folder):
             eval_it, eval_loss = series("eval/iteration"), series("eval/loss")
             sim_comm = series("train/sim_comm_s")
             acc, acc_norm = series("eval/accuracy"), series("eval/accuracy_norm")
+            div_it, div = series("divergence/iteration"), series("divergence/replica_divergence")
     except Exception as e:  # noqa: BLE001 - any failure to read is the user's to see
         fail("metrics file %s: cannot be read (%s)" % (path, e))
     config = {}
@@ -189,7 +194,7 @@ def load_run(run_id, folder):
         "tp": config.get("tensor-model-parallel-size"),
         "dp": config.get("data-parallel-size"),
         "train_it": train_it, "train_loss": train_loss, "eval_it": eval_it, "eval_loss": eval_loss,
-        "sim_comm": sim_comm, "acc": acc, "acc_norm": acc_norm,
+        "sim_comm": sim_comm, "acc": acc, "acc_norm": acc_norm, "div_it": div_it, "div": div,
         "floor": as_float(attrs["data_entropy_floor"]) if "data_entropy_floor" in attrs else None,
         "loss_rate": as_float(attrs["observed_loss_rate"]) if "observed_loss_rate" in attrs else None,
     }
@@ -639,6 +644,58 @@ def plot_accuracy(runs, outdir):
 
 
 # ------------------------------------------------------------------------------------------
+# 3b. replica divergence (/divergence/*: lossy rings on replicated data, a lossy dp.param)
+
+def plot_divergence(runs, outdir):
+    present = [r for r in runs if r["div"] is not None and len(r["div"]) and r["div_it"] is not None]
+    if not present:
+        print("note: replica_divergence.png skipped: no run has /divergence/replica_divergence")
+        return None
+    if not any(np.any(r["div"] > 0) for r in present):
+        print("note: replica_divergence.png skipped: every replica stayed bit-identical (divergence 0)")
+        return None
+    nets = net_order(present)
+    colours = net_colours(nets)
+    facets = sorted({r["facet"] for r in present})
+    rows, cols = grid_shape(len(facets))
+    fig, axes = plt.subplots(rows, cols, figsize=(7.0 * cols, 4.6 * rows), squeeze=False, sharey=True)
+    handles, labels = [], []
+    for ax, facet in zip(axes.flat, facets):
+        in_facet = [r for r in present if r["facet"] == facet]
+        for net in nets:
+            group = [r for r in in_facet if r["net"] == net]
+            if not group:
+                continue
+            c = colours[net]
+            b = band([(r["div_it"], r["div"]) for r in group])
+            if b is None or not len(b[0]):
+                continue
+            it, med, lo, hi = b
+            ax.plot(it, med, color=c, marker="o", ms=3, lw=2.2 if is_exact(net) else 1.4,
+                    zorder=2.5 if is_exact(net) else 3)
+            if len(group) > 1:
+                ax.fill_between(it, lo, hi, color=c, alpha=0.12, lw=0, zorder=1)
+            label = "%s (%s)" % (net, seeds_text(len(group)))
+            if label not in labels:
+                labels.append(label)
+                handles.append(Line2D([], [], color=c, lw=2))
+        ax.set_yscale("symlog", linthresh=1e-7)
+        ax.set_xlabel("iteration (optimizer steps)")
+        if facet:
+            ax.set_title(facet_label(facet), fontsize=10)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.flat[len(facets):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("replica divergence (max relative L2)")
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93),
+               title="network model (--net)", fontsize=8.5, title_fontsize=9, frameon=False)
+    fig.suptitle("Replica divergence between ranks' copies of replicated parameters", fontsize=12)
+    fig.tight_layout()
+    return save(fig, outdir, "replica_divergence.png")
+
+
+# ------------------------------------------------------------------------------------------
 # 4. time to target (reliable transport vs lossy)
 
 def is_reliable(net):
@@ -757,6 +814,7 @@ def main(argv):
     plot_loss_curves(runs, outdir)
     plot_gap(runs, outdir)
     plot_accuracy(runs, outdir)
+    plot_divergence(runs, outdir)
     plot_time_to_target(runs, outdir)
 
 

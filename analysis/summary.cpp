@@ -186,6 +186,8 @@ RunRecord load_run(const std::string& id, const fs::path& folder) {
   }
   if (const auto a = series_values(m, "eval/accuracy"); a && !a->empty()) r.final_accuracy = a->back();
   if (const auto a = series_values(m, "eval/accuracy_norm"); a && !a->empty()) r.final_accuracy_norm = a->back();
+  if (const auto d = series_values(m, "divergence/replica_divergence"); d && !d->empty())
+    r.final_replica_divergence = d->back();
   if (const auto sc = series_values(m, "train/sim_comm_s")) {
     double sum = 0;
     for (double x : *sc) sum += x;
@@ -478,6 +480,12 @@ bool Summary::has_accuracy() const {
   return false;
 }
 
+bool Summary::has_divergence() const {
+  for (const auto& r : runs)
+    if (r.final_replica_divergence) return true;
+  return false;
+}
+
 Summary summarize_dir(const std::string& dir) {
   Summary s;
   s.dir = dir;
@@ -597,7 +605,7 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
   std::map<std::string, const RunRecord*> by_id;
   for (const auto& r : s.runs) by_id[r.id] = &r;
   for (auto& g : groups) {
-    std::vector<double> fel, gap, olr, acc[4];
+    std::vector<double> fel, gap, olr, acc[4], div;
     for (const auto& id : g.run_ids) {
       const RunRecord& r = *by_id.at(id);
       if (r.status != "completed") continue;
@@ -610,6 +618,8 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
       if (r.eval_loss_gap && std::isfinite(*r.eval_loss_gap)) gap.push_back(*r.eval_loss_gap);
       if (r.observed_loss_rate && std::isfinite(*r.observed_loss_rate))
         olr.push_back(*r.observed_loss_rate);
+      if (r.final_replica_divergence && std::isfinite(*r.final_replica_divergence))
+        div.push_back(*r.final_replica_divergence);
     }
     g.final_eval_loss = describe_sample(fel);
     g.eval_loss_gap = describe_sample(gap);
@@ -620,6 +630,7 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
     g.accuracy_gap = describe_sample(acc[1]);
     g.final_accuracy_norm = describe_sample(acc[2]);
     g.accuracy_norm_gap = describe_sample(acc[3]);
+    g.final_replica_divergence = describe_sample(div);
   }
   return groups;
 }
@@ -636,6 +647,8 @@ std::string summary_csv(const Summary& s) {
   if (acc)
     for (const char* c : {"final_accuracy", "final_accuracy_norm", "accuracy_gap", "accuracy_norm_gap"})
       header.push_back(c);
+  const bool div = s.has_divergence();  // runs that logged the replica divergence
+  if (div) header.push_back("final_replica_divergence");
   std::string out;
   append_row(out, header);
   for (const auto& r : s.runs) {
@@ -652,6 +665,7 @@ std::string summary_csv(const Summary& s) {
     if (acc)
       for (const auto* v : {&r.final_accuracy, &r.final_accuracy_norm, &r.accuracy_gap, &r.accuracy_norm_gap})
         row.push_back(opt_cell(*v));
+    if (div) row.push_back(opt_cell(r.final_replica_divergence));
     append_row(out, row);
   }
   return out;
@@ -669,6 +683,10 @@ std::string aggregate_csv(const Summary& s, const std::vector<SeedGroup>& groups
   if (acc)
     for (const char* stat : {"final_accuracy", "accuracy_gap", "final_accuracy_norm", "accuracy_norm_gap"})
       for (const char* part : {"_mean", "_std", "_ci95_low", "_ci95_high"}) header.push_back(std::string(stat) + part);
+  const bool div = s.has_divergence();
+  if (div)
+    for (const char* part : {"_mean", "_std", "_ci95_low", "_ci95_high"})
+      header.push_back(std::string("final_replica_divergence") + part);
   std::string out;
   append_row(out, header);
   for (const auto& g : groups) {
@@ -685,6 +703,10 @@ std::string aggregate_csv(const Summary& s, const std::vector<SeedGroup>& groups
     if (acc)
       for (const Stat* a : {&g.final_accuracy, &g.accuracy_gap, &g.final_accuracy_norm, &g.accuracy_norm_gap})
         for (const auto* v : {&a->mean, &a->std, &a->ci_low, &a->ci_high}) row.push_back(opt_cell(*v));
+    if (div) {
+      const Stat& v = g.final_replica_divergence;
+      for (const auto* x : {&v.mean, &v.std, &v.ci_low, &v.ci_high}) row.push_back(opt_cell(*x));
+    }
     append_row(out, row);
   }
   return out;

@@ -43,6 +43,8 @@ struct RunRecord {
   // --eval-task runs: last /eval/accuracy and /eval/accuracy_norm, and their differences to the
   // exact twin's (the twin with an accuracy, chosen as for the loss gap)
   std::optional<double> final_accuracy, final_accuracy_norm, accuracy_gap, accuracy_norm_gap;
+  // last /divergence/replica_divergence (runs of lossytp with the replica divergence metric)
+  std::optional<double> final_replica_divergence;
 };
 
 struct Summary {
@@ -55,6 +57,7 @@ struct Summary {
   std::vector<std::string> params;
   std::vector<RunRecord> runs;  // sorted by id
   bool has_accuracy() const;    // some run logged /eval/accuracy: the accuracy columns are written
+  bool has_divergence() const;  // some run logged /divergence/replica_divergence: its columns are written
 };
 
 // Folders under `dir` holding a metrics.h5: `dir` itself and its direct subfolders (hidden ones
@@ -90,6 +93,7 @@ struct SeedGroup {
   std::optional<bool> gap_ci_contains_zero;  // empty when fewer than 2 gaps
   std::optional<double> observed_loss_rate_mean;
   Stat final_accuracy, accuracy_gap, final_accuracy_norm, accuracy_norm_gap;  // --eval-task runs
+  Stat final_replica_divergence;
 };
 std::vector<std::string> group_columns(const Summary& s);
 std::vector<SeedGroup> aggregate_over_seeds(const Summary& s);

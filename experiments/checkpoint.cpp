@@ -34,7 +34,7 @@ struct Header {
   int32_t rank;
   int32_t tp_rank;
   int32_t tp_size;
-  int32_t reserved;
+  int32_t opt_shards;  // 0: AdamW moments of the whole arena; D > 1: of one of D DP shards (ZeRO-1)
 };
 static_assert(sizeof(Header) == 48);
 constexpr uint64_t kTrailer = sizeof(uint64_t);
@@ -153,15 +153,22 @@ std::string read_header(std::ifstream& f, const fs::path& path, Header* h) {
   if (!f) return "checkpoint file " + path.string() + " is truncated (shorter than its header)";
   if (std::memcmp(h->magic, kMagicV2, 8) != 0 && std::memcmp(h->magic, kMagicV1, 8) != 0)
     return "checkpoint file " + path.string() + " is corrupt or not a lossytp checkpoint (bad magic)";
-  if (h->numel < 0 || h->numel > (int64_t{1} << 40))
+  if (h->numel < 0 || h->numel > (int64_t{1} << 40) || h->opt_shards < 0 || h->opt_shards > (1 << 20))
     return "checkpoint file " + path.string() + " is corrupt (bad header)";
   return "";
 }
 
 bool has_checksum(const Header& h) { return std::memcmp(h.magic, kMagicV2, 8) == 0; }
 
+// Floats of each AdamW moment in the file.
+uint64_t moment_numel(const Header& h) {
+  const size_t n = static_cast<size_t>(h.numel);
+  return h.opt_shards > 0 ? optimizer_shard_numel(n, h.opt_shards) : n;
+}
+
 uint64_t expected_size(const Header& h) {
-  return sizeof(Header) + 3 * static_cast<uint64_t>(h.numel) * sizeof(float) + (has_checksum(h) ? kTrailer : 0);
+  return sizeof(Header) + (static_cast<uint64_t>(h.numel) + 2 * moment_numel(h)) * sizeof(float) +
+         (has_checksum(h) ? kTrailer : 0);
 }
 
 // "" when the file's size is what its header announces.
@@ -202,12 +209,13 @@ void save_checkpoint(const std::string& run_dir, Backend& run, int64_t iteration
   h.rank = rank;
   h.tp_rank = params.tp_rank();
   h.tp_size = params.tp_size();
+  h.opt_shards = opt.shards() > 1 ? opt.shards() : 0;
   // device arenas are written through host copies
   const Tensor host[3] = {on_host(params.values()), on_host(opt.m()), on_host(opt.v())};
-  const size_t bytes = params.numel() * sizeof(float);
+  const size_t bytes = params.numel() * sizeof(float), mbytes = opt.numel() * sizeof(float);
   try {
     write_atomic(file_of(run_dir, rank, iteration),
-                 {{&h, sizeof h}, {host[0].data(), bytes}, {host[1].data(), bytes}, {host[2].data(), bytes}},
+                 {{&h, sizeof h}, {host[0].data(), bytes}, {host[1].data(), mbytes}, {host[2].data(), mbytes}},
                  true);
   } catch (const std::exception& e) {
     const int64_t prev = latest_checkpoint(run_dir);
@@ -368,6 +376,15 @@ void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, Pa
                              " was written by a different layout or model (tp " +
                              std::to_string(h.tp_size) + ", " + std::to_string(h.numel) +
                              " parameters per rank), or its header is corrupt");
+  if (h.opt_shards != (opt.shards() > 1 ? opt.shards() : 0)) {
+    auto what = [](int shards) {
+      return shards > 1 ? "an optimizer state sharded over " + std::to_string(shards) +
+                              " DP ranks (--use-distributed-optimizer)"
+                        : std::string("a whole optimizer state on every rank (no --use-distributed-optimizer)");
+    };
+    throw std::runtime_error("checkpoint file " + path.string() + " holds " + what(h.opt_shards) + ", this run keeps " +
+                             what(opt.shards()) + ": resume with the same --use-distributed-optimizer setting and DP size");
+  }
   // Read into host buffers, checksum them, and only then hand them to the device arenas.
   XxhState x;
   x.update(&h, sizeof h);
@@ -375,7 +392,7 @@ void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, Pa
   std::vector<Tensor> host;
   for (Tensor* a : arenas) {
     host.push_back(on_host(*a));
-    const size_t bytes = params.numel() * sizeof(float);
+    const size_t bytes = (a == &params.values() ? params.numel() : opt.numel()) * sizeof(float);
     f.read(reinterpret_cast<char*>(host.back().data()), static_cast<std::streamsize>(bytes));
     if (!f) throw std::runtime_error("checkpoint file " + path.string() + " is truncated");
     x.update(host.back().data(), bytes);

@@ -6,8 +6,12 @@
 // the previous checkpoint intact and never a half-written one in use.
 //
 // File format (version 2, little-endian): a 48-byte header (magic "LTPCKPT2", iteration, floats
-// per arena, AdamW step, rank, TP rank, TP size, 0), the parameters, the AdamW first and second
-// moments (fp32 each), then 8 bytes: the XXH3-64 checksum (libxxhash) of everything before it.
+// per arena, AdamW step, rank, TP rank, TP size, optimizer shards), the parameters, the AdamW
+// first and second moments (fp32 each), then 8 bytes: the XXH3-64 checksum (libxxhash) of
+// everything before it. Optimizer shards (the header's last field, always 0 in older files):
+// 0 when the moments cover the whole arena; D > 1 with --use-distributed-optimizer over D DP
+// ranks: each moment is then this rank's shard of optimizer_shard_numel(floats, D) floats
+// (models/adamw.h) and a resume needs the same setting.
 // Version 1 files ("LTPCKPT1", lossytp <= 0.1.0) have no checksum: they are still read, with a
 // warning that their contents cannot be verified, after their size is checked.
 #pragma once

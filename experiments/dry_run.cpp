@@ -30,12 +30,22 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
   TPOptions opt;
   opt.caat = spec.caat;
   opt.caat_p = spec.caat_p;
+  opt.sequence_parallel = cfg.sequence_parallel && cfg.tp > 1;
   GPTModel model(cfg.model, 0, cfg.tp, opt, cfg.compute(), /*allocate=*/false);
+  model.set_recompute(cfg.recompute);
   GPTModel& m = model;
   const int mb = cfg.micro_batch_size, T = cfg.model.seq_length, n_micro = cfg.num_micro_batches();
   long long per_rank = 0;
   for (const ParamSpec& s : m.params().specs()) per_rank += static_cast<long long>(s.numel());
-  const MemoryEstimate mem = model.memory_estimate(mb, T);
+  MemoryEstimate mem = model.memory_estimate(mb, T);
+  // --use-distributed-optimizer: AdamW state for one DP shard of the (padded) arena, plus the
+  // reduce-scattered gradient shard.
+  const bool zero = cfg.use_distributed_optimizer && cfg.dp > 1;
+  if (zero) {
+    const double shard = static_cast<double>(optimizer_shard_numel(m.params().numel(), cfg.dp)) * sizeof(float);
+    mem.optimizer = 2 * shard;
+    mem.grads += shard;
+  }
 
   nlohmann::json j;
   j["model"] = cfg.model_preset;
@@ -55,7 +65,8 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
   const double elem = cfg.bf16 ? 2 : 4;
   nlohmann::json comm = nlohmann::json::object();
   double total = 0;
-  for (const auto& [site, n] : model.comm_elements(mb, T)) {
+  const SiteElements sites = model.comm_elements(mb, T);
+  for (const auto& [site, n] : sites.all_reduce) {
     const double e = site.rfind("ce.", 0) == 0 ? 4 : elem;  // CE statistics stay fp32
     const double per_call = all_reduce_wire_bytes(n, cfg.tp, e);
     const double bytes = site == "replicated.grad" ? per_call : per_call * n_micro;
@@ -64,7 +75,20 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
       total += bytes;
     }
   }
-  if (const double b = all_reduce_wire_bytes(static_cast<double>(m.params().numel()), cfg.dp, elem); b > 0) {
+  // --sequence-parallel: all-gathers and reduce-scatters, p - 1 messages of one rank's block
+  for (const auto& [site, n] : sites.gathered) {
+    const double bytes = cfg.tp > 1 ? (cfg.tp - 1) * (n / cfg.tp) * elem * n_micro : 0;
+    if (bytes > 0) {
+      comm[site] = bytes;
+      total += bytes;
+    }
+  }
+  if (zero) {  // reduce-scatter of the gradients, all-gather of the parameters: p - 1 blocks each
+    const double b = (cfg.dp - 1) * static_cast<double>(optimizer_shard_numel(m.params().numel(), cfg.dp)) * elem;
+    comm["dp.grad"] = b;
+    comm["dp.param"] = b;
+    total += 2 * b;
+  } else if (const double b = all_reduce_wire_bytes(static_cast<double>(m.params().numel()), cfg.dp, elem); b > 0) {
     comm["dp.grad"] = b;
     total += b;
   }

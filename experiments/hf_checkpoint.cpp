@@ -1,7 +1,6 @@
 #include "experiments/hf_checkpoint.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +12,7 @@
 
 #include "experiments/checkpoint.h"
 #include "experiments/safetensors.h"
+#include "experiments/train_config.h"
 #include "models/gpt.h"
 
 namespace lossytp::hf {
@@ -405,13 +405,6 @@ std::string architecture_of(const ModelConfig& m, std::string* why) {
   return "";
 }
 
-// A float as the double with the same shortest decimal text (1e-5f -> 1e-05, not 9.99999974e-06).
-double clean(float x) {
-  char buf[32];
-  auto r = std::to_chars(buf, buf + sizeof buf, x);
-  return std::strtod(std::string(buf, r.ptr).c_str(), nullptr);
-}
-
 void write_text_atomic(const fs::path& path, const std::string& text) {
   const fs::path tmp = path.string() + ".tmp";
   {
@@ -711,7 +704,7 @@ void export_run(const std::string& run_dir, const std::string& out_dir, ExportDT
     cfg["n_ctx"] = m.seq_length;
     cfg["n_inner"] = m.ffn();
     cfg["activation_function"] = "gelu_new";
-    cfg["layer_norm_epsilon"] = clean(m.norm_epsilon);
+    cfg["layer_norm_epsilon"] = json_float(m.norm_epsilon);
     if (!cfg.contains("bos_token_id")) cfg["bos_token_id"] = m.vocab_size - 1;
     if (!cfg.contains("eos_token_id")) cfg["eos_token_id"] = m.vocab_size - 1;
     for (const char* k : {"resid_pdrop", "embd_pdrop", "attn_pdrop"})
@@ -725,7 +718,7 @@ void export_run(const std::string& run_dir, const std::string& out_dir, ExportDT
     cfg["num_key_value_heads"] = m.query_groups();
     cfg["head_dim"] = m.head_dim();
     cfg["hidden_act"] = "silu";
-    cfg["rms_norm_eps"] = clean(m.norm_epsilon);
+    cfg["rms_norm_eps"] = json_float(m.norm_epsilon);
     cfg["rope_theta"] = m.rotary_base;
     nlohmann::json rope = {{"rope_type", "default"}};
     if (m.use_rope_scaling)

@@ -92,6 +92,12 @@ std::string check_resumable(const TrainConfig& cfg) {
         if (saved.value(k, gpt2.value(k, nlohmann::json())) != now[k])
         return "--load " + cfg.load + ": the checkpoint has " + k + " = " + saved.value(k, gpt2.value(k, nlohmann::json())).dump() +
                ", this run " + now[k].dump();
+    // the optimizer state's layout (experiments/checkpoint.h): whole, or sharded over DP
+    const bool saved_zero = saved.value("use-distributed-optimizer", false) && saved.value("data-parallel-size", 1) > 1;
+    if (saved_zero != (cfg.use_distributed_optimizer && cfg.dp > 1))
+      return "--load " + cfg.load + ": the checkpoint was written " + (saved_zero ? "with" : "without") +
+             " --use-distributed-optimizer (its optimizer state " + (saved_zero ? "sharded over DP" : "whole on every rank") +
+             "); resume " + (saved_zero ? "with" : "without") + " it";
   } catch (const std::exception& e) {
     return "--load " + cfg.load + ": cannot read the checkpoint's config.json (" + e.what() + ")";
   }

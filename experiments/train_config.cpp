@@ -17,13 +17,12 @@
 
 namespace lossytp {
 
-// A float as the double with the same shortest decimal text (0.9f -> 0.9, not 0.8999999761...),
-// so the JSON reads as the user wrote it.
-static double clean(float x) {
+double json_float(float x) {
   char buf[32];
   auto r = std::to_chars(buf, buf + sizeof buf, x);
   return std::strtod(std::string(buf, r.ptr).c_str(), nullptr);
 }
+static double clean(float x) { return json_float(x); }
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -90,6 +89,15 @@ nlohmann::json TrainConfig::to_json() const {
   j["threads"] = threads;
   j["device"] = device;
   j["bf16"] = bf16;
+  if (!recompute.granularity.empty()) {  // absent when off: older configs compare equal
+    j["recompute-granularity"] = recompute.granularity;
+    if (recompute.full()) {
+      j["recompute-method"] = recompute.method;
+      j["recompute-num-layers"] = recompute.num_layers;
+    }
+  }
+  if (use_distributed_optimizer) j["use-distributed-optimizer"] = true;  // absent when off: older configs compare equal
+  if (sequence_parallel) j["sequence-parallel"] = true;  // absent when off, as above
   return j;
 }
 
@@ -236,6 +244,22 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.add_flag("--bf16", c.bf16,
                "mixed precision: GEMM operands and collective payloads in bf16, fp32 master "
                "weights, optimizer state and other ops (on cpu: emulated, for comparisons)");
+  app.add_flag("--use-distributed-optimizer", c.use_distributed_optimizer,
+               "ZeRO-1 as Megatron: reduce-scatter gradients over DP (site dp.grad), shard the AdamW "
+               "state (optimizer memory / DP), all-gather the parameters (site dp.param); no-op with DP = 1");
+  app.add_flag("--sequence-parallel", c.sequence_parallel,
+               "Megatron's sequence parallelism: norms and residual stream split along the tokens over "
+               "TP; all-gathers before column-parallel and reduce-scatters after row-parallel layers "
+               "(docs/models.md); no-op with TP = 1; not with caat");
+  app.add_option("--recompute-granularity", c.recompute.granularity,
+                 "activation recompute as Megatron: full (whole blocks run forward again in backward, "
+                 "replaying their collectives' results) or selective (the attention core); default off");
+  app.add_option("--recompute-method", c.recompute.method,
+                 "with --recompute-granularity full: uniform (blocks in units of --recompute-num-layers, "
+                 "only each unit's input kept) or block (the first --recompute-num-layers blocks recomputed)");
+  app.add_option("--recompute-num-layers", c.recompute.num_layers,
+                 "with --recompute-granularity full: blocks per unit (uniform) or blocks recomputed "
+                 "(block), 1 to --num-layers (default 1)");
   app.add_option("--threads", c.threads, "compute threads per rank (default: cores / ranks on the node)");
   app.add_flag("--quiet", c.quiet, "no progress lines");
   app.add_flag("--overwrite", c.overwrite, "replace an existing metrics.h5 in --out");
@@ -505,7 +529,20 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (!c.data.eval_loss_mask.empty() && c.data.eval_path.empty())
     bad("--eval-loss-mask " + c.data.eval_loss_mask +
         " needs --eval-data or --eval-data-path (without them --loss-mask is split with --data)");
-  net::parse_net_spec(c.net);  // throws naming the bad token, before any training
+  const net::NetSpec spec = net::parse_net_spec(c.net);  // throws naming the bad token, before any training
+  if (c.sequence_parallel && c.tp > 1) {
+    if (spec.caat)
+      bad("--sequence-parallel does not combine with CAAT-Net (--net " + c.net +
+          "): its partially synchronised row-parallel outputs have no reduce-scatter form; drop one of them");
+    const long long tokens = static_cast<long long>(c.micro_batch_size) * c.model.seq_length;
+    if (tokens % c.tp != 0)
+      bad("--sequence-parallel splits the " + std::to_string(tokens) + " tokens of a micro-batch (--micro-batch-size " +
+          std::to_string(c.micro_batch_size) + " x --seq-length " + std::to_string(c.model.seq_length) +
+          ") over --tensor-model-parallel-size " + std::to_string(c.tp) + " ranks: they must divide evenly");
+  }
+  if (given("--recompute-num-layers") && !c.recompute.full())
+    bad("--recompute-num-layers applies to --recompute-granularity full only");
+  c.recompute.validate(c.model.num_layers);
   c.data.vocab_size = c.model.vocab_size;
   return c;
 }

@@ -17,6 +17,10 @@ namespace toml { inline namespace v3 { class node; class table; } }
 
 namespace lossytp {
 
+// A float as the double with the same shortest decimal text (0.9f -> 0.9, not 0.8999999761...),
+// so JSON files read as the user wrote them.
+double json_float(float x);
+
 struct TrainConfig {
   std::string model_preset = "gpt-tiny";
   ModelConfig model;
@@ -49,6 +53,13 @@ struct TrainConfig {
   std::string out;  // empty: runs/<model>-tp<tp>-dp<dp>-<time>
   std::string device = "cpu";  // cpu or cuda (one GPU per rank; virtual ranks share GPU 0)
   bool bf16 = false;           // bf16 GEMM operands and collectives, fp32 master weights
+  RecomputeOptions recompute;  // --recompute-granularity/-method/-num-layers (models/config.h)
+  // ZeRO-1 (experiments/distributed_optimizer.h): gradients reduce-scattered over DP, AdamW
+  // state sharded, parameters all-gathered. A no-op with DP = 1.
+  bool use_distributed_optimizer = false;
+  // Megatron's --sequence-parallel (models/config.h TPOptions): norms and the residual stream
+  // split along the tokens over TP. A no-op with TP = 1 (as Megatron, which disables it).
+  bool sequence_parallel = false;
   int threads = 0;  // 0: cores / ranks on this node
   int virtual_ranks = 0;  // > 0: run this many ranks as threads of one process (no MPI)
   bool quiet = false;

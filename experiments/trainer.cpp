@@ -10,7 +10,11 @@
 #include <map>
 #include <optional>
 
+#include <sys/resource.h>
+
+#include "experiments/distributed_optimizer.h"
 #include "experiments/eval_task.h"
+#include "experiments/replica_divergence.h"
 #include "experiments/hf_checkpoint.h"
 #include "experiments/lr_schedule.h"
 #include "experiments/metrics_file.h"
@@ -192,6 +196,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   TPOptions tp_opt;
   tp_opt.caat = net->caat;
   tp_opt.caat_p = net->caat_p;
+  tp_opt.sequence_parallel = cfg.sequence_parallel && layout.tp > 1;  // TP = 1: a no-op, as Megatron
   const bool leader = rank == 0;
   const bool verbose = leader && !cfg.quiet;
   const bool header = verbose && cfg.progress_prefix.empty();
@@ -200,6 +205,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   cpu::set_num_threads(cfg.threads > 0 ? cfg.threads : 1);
 
   GPTModel model(cfg.model, layout.tp_rank, layout.tp, tp_opt, cfg.compute());
+  model.set_recompute(cfg.recompute);
   model.init(cfg.seed);
   ParamStore& params = model.params();
   if (!cfg.hf_checkpoint.empty() && cfg.load.empty()) {  // iteration-0 weights; a resume has its own
@@ -214,7 +220,11 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       throw;
     }
   }
-  AdamW opt(params, cfg.adam);
+  // --use-distributed-optimizer (DP > 1): AdamW state for this DP rank's shard only.
+  std::unique_ptr<DistributedOptimizer> zero;
+  if (cfg.use_distributed_optimizer && layout.dp > 1)
+    zero = std::make_unique<DistributedOptimizer>(params, layout.dp, layout.dp_rank);
+  AdamW opt = zero ? zero->make_adamw(cfg.adam) : AdamW(params, cfg.adam);
   const std::string config_json = cfg.to_json().dump();
 
   int64_t start_it = 0;
@@ -259,7 +269,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
         mark_failure(cfg.out, rank, why);
         throw std::runtime_error(why);
       }
-      for (const char* g : {"train", "eval", "comm"}) metrics->truncate_after(g, start_it);
+      for (const char* g : {"train", "eval", "comm", "divergence"}) metrics->truncate_after(g, start_it);
     } else {
       metrics = std::make_unique<MetricsFile>(path);
     }
@@ -296,6 +306,10 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     std::printf("network: %s\n", net->describe().c_str());
     if (!net->exact() && layout.tp * layout.dp == 1)
       std::printf("note: a single rank sends no messages: the network model has nothing to act on\n");
+    if (cfg.sequence_parallel)
+      std::printf(layout.tp > 1 ? "sequence parallel: each TP rank holds %d of the %d tokens of a micro-batch\n"
+                                : "note: --sequence-parallel does nothing with TP = 1 (as in Megatron)\n",
+                  mb * T / layout.tp, mb * T);
     std::printf("output: %s/metrics.h5\n", cfg.out.c_str());
     if (!fallback.empty()) std::printf("warning: %s\n", fallback.c_str());
     else if (start_it > 0) std::printf("resumed from the checkpoint of iteration %lld\n", static_cast<long long>(start_it));
@@ -374,18 +388,33 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       loss_sum += model.step(train_data.x.data(), train_data.y.data(), mb, T, tp, true, grad_scale);
     }
     model.reduce_partial_grads(tp);
-    // Data parallelism: sum the replicas' gradients (each already scaled by 1/counted targets).
-    dp.all_reduce(params.grads().data(), params.numel(), "dp.grad");
+    // Data parallelism: sum the replicas' gradients (each already scaled by 1/counted targets),
+    // all of them, or with the distributed optimizer this rank's shard (reduce-scatter).
+    double sq = 0.0;
+    if (zero) {
+      zero->reduce_scatter_grads(dp);
+      sq = zero->grad_sq_contribution();
+      dp.backend().all_reduce_f64(&sq, 1, ReduceOp::Sum);
+    } else {
+      dp.all_reduce(params.grads().data(), params.numel(), "dp.grad");
+      sq = params.grad_sq_contribution();
+    }
     // Global gradient norm over the full model: sharded parameters from every TP rank,
     // replicated ones once.
-    double sq = params.grad_sq_contribution();
     tp.backend().all_reduce_f64(&sq, 1, ReduceOp::Sum);
     const double grad_norm = std::sqrt(sq);
-    if (cfg.clip_grad > 0 && grad_norm > cfg.clip_grad)
-      ops::scale_inplace(params.device(), params.grads().data(),
-                         static_cast<float>(cfg.clip_grad / (grad_norm + 1e-6)), params.numel());
+    if (cfg.clip_grad > 0 && grad_norm > cfg.clip_grad) {
+      const float s = static_cast<float>(cfg.clip_grad / (grad_norm + 1e-6));
+      if (zero) zero->scale_grads(s);
+      else ops::scale_inplace(params.device(), params.grads().data(), s, params.numel());
+    }
     const float lr = lr_at(it, cfg.lr, cfg.min_lr, cfg.lr_warmup_iters, cfg.train_iters);
-    opt.step(lr);
+    if (zero) {
+      opt.step(lr, zero->grad_shard());
+      zero->all_gather_params(dp);  // site dp.param
+    } else {
+      opt.step(lr);
+    }
     dp.backend().all_reduce_f64(&loss_sum, 1, ReduceOp::Sum);
     double loss = loss_sum / counted;
     if (cfg.debug_nan_at == it + 1) loss = NAN;
@@ -433,6 +462,15 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       }
     }
     if (iteration % cfg.log_interval == 0 || last || do_eval) {
+      // outside the step time; over the raw backends (not lossy, not counted)
+      const ReplicaDivergence div = measure_replica_divergence(params, tp.backend(), dp.backend(), run);
+      result.replica_divergence.push_back(div.max());
+      if (leader) {
+        metrics->append("divergence/iteration", iteration);
+        metrics->append("divergence/replica_divergence", div.max());
+        metrics->append("divergence/replica_divergence_dp", div.dp);
+        metrics->append("divergence/replica_divergence_tp", div.tp);
+      }
       const double tok_s = tokens_per_iter * window_iters / window_time;
       result.tokens_per_second = tok_s;
       const bool line = cfg.progress_interval <= 0 || iteration % cfg.progress_interval == 0 || last;
@@ -444,6 +482,7 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
                     1e3 * window_time / window_iters, format_duration(eta).c_str());
         if (do_eval && cfg.eval_iters > 0) std::printf(" | eval_loss %.4f", eval_loss);
         if (do_eval && task) std::printf(" | acc %.3f", acc.acc);
+        if (div.max() != 0) std::printf(" | replica divergence %.3g", div.max());
         std::printf("\n");
         std::fflush(stdout);
       }
@@ -494,7 +533,14 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   double lost[2] = {static_cast<double>(total.packets_lost), static_cast<double>(total.packets_exposed)};
   run.all_reduce_f64(lost, 2, ReduceOp::Sum);
   result.observed_loss_rate = lost[1] > 0 ? lost[0] / lost[1] : 0.0;
+  // Peak resident memory of each rank (a process; virtual ranks share theirs), the largest.
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  double peak_rss = static_cast<double>(usage.ru_maxrss) * 1024.0;  // Linux: kilobytes
+  run.all_reduce_f64(&peak_rss, 1, ReduceOp::Max);
+  result.peak_rss_bytes = peak_rss;
   if (leader) {
+    metrics->set_attr("peak_rss_bytes", static_cast<int64_t>(peak_rss));
     metrics->set_attr("observed_loss_rate", result.observed_loss_rate);
     metrics->set_attr("packets_exposed", static_cast<int64_t>(lost[1]));
     metrics->set_attr("packets_lost", static_cast<int64_t>(lost[0]));

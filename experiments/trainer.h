@@ -23,6 +23,10 @@ struct TrainResult {
   std::vector<double> eval_loss;   // per evaluation
   double tokens_per_second = 0.0;
   double observed_loss_rate = 0.0;  // packets lost / packets exposed to the model, all ranks
+  // Per log interval (every rank has it): the largest relative distance between ranks' copies
+  // of replicated parameters (experiments/replica_divergence.h), over DP and TP together.
+  std::vector<double> replica_divergence;
+  double peak_rss_bytes = 0.0;  // the largest peak resident set of the run's ranks
 };
 
 // The ranks of one run, whatever carries them (MPI processes, or threads of one process).

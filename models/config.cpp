@@ -156,4 +156,28 @@ const Preset& find_preset(const std::string& name) {
   throw std::invalid_argument("unknown --model preset '" + name + "' (known: " + known + ")");
 }
 
+void RecomputeOptions::validate(int layers) const {
+  auto bad = [](const std::string& m) { throw std::invalid_argument(m); };
+  if (!granularity.empty() && !full() && !selective())
+    bad("--recompute-granularity must be full or selective, got '" + granularity + "'");
+  if (!method.empty() && method != "uniform" && method != "block")
+    bad("--recompute-method must be uniform or block, got '" + method + "'");
+  if (full() && method.empty())
+    bad("--recompute-granularity full needs --recompute-method uniform or block (as Megatron)");
+  if (!full() && !method.empty())
+    bad("--recompute-method " + method + " applies to --recompute-granularity full only" +
+        (selective() ? " (selective recomputes every block's attention core)" : ""));
+  if (full() && (num_layers < 1 || num_layers > layers))
+    bad("--recompute-num-layers must be between 1 and --num-layers " + std::to_string(layers) + ", got " +
+        std::to_string(num_layers));
+  if (!full() && num_layers != 1)
+    bad("--recompute-num-layers applies to --recompute-granularity full only");
+}
+
+int RecomputeOptions::unit_begin(int layer, int layers) const {
+  if (!full() || layer < 0 || layer >= layers) return -1;
+  if (method == "block") return layer < num_layers ? layer : -1;
+  return layer / num_layers * num_layers;  // uniform
+}
+
 }  // namespace lossytp

@@ -70,7 +70,34 @@ struct ModelConfig {
 struct TPOptions {
   bool caat = false;
   double caat_p = 1.0;
+  // Megatron's --sequence-parallel (TP > 1, not with CAAT): the residual stream, the norms and
+  // the residual adds are split along the token rows (rank r holds rows [r N/tp, (r+1) N/tp) of
+  // the N = B*T); column-parallel layers all-gather their input, row-parallel ones
+  // reduce-scatter their output (docs/models.md).
+  bool sequence_parallel = false;
+  // Token rows of the residual stream this rank holds for N tokens.
+  int rows(int N, int tp) const { return sequence_parallel ? N / tp : N; }
   int synced_channels(int C) const { return caat ? static_cast<int>(C * caat_p) : C; }
+};
+
+// Activation recompute, as Megatron's --recompute-granularity / --recompute-method /
+// --recompute-num-layers (docs/models.md). full: whole blocks run their forward again in the
+// backward from their saved inputs (uniform: the blocks in units of num_layers, only each
+// unit's input kept; block: the first num_layers blocks, each from its own input, the others
+// not recomputed); the recomputed forward replays the original forward's collective results
+// (sim/comm.h CollectiveTape) instead of communicating. selective: the attention core (its
+// output) is recomputed from the saved q, k, v. granularity "": off.
+struct RecomputeOptions {
+  std::string granularity;  // "", full, selective
+  std::string method;       // full: uniform or block
+  int num_layers = 1;
+  bool full() const { return granularity == "full"; }
+  bool selective() const { return granularity == "selective"; }
+  // Throws std::invalid_argument naming the flag for a model of `layers` blocks.
+  void validate(int layers) const;
+  // Full recompute: the first block of the unit recomputed together with `layer` (layer itself
+  // when it is a unit of one), or -1 when `layer` is not recomputed.
+  int unit_begin(int layer, int layers) const;
 };
 
 // Where a model computes: its parameters, activations and kernels live on `device`. bf16: the

@@ -23,11 +23,12 @@ class GeluMlp final : public BlockPart {
 
   void forward(float* out, const float* x, int B, int T, Comm& tp, Workspace& ws) override {
     const int N = B * T;
-    if (fc1_out_.numel() != static_cast<size_t>(N) * F_) fc1_out_ = Tensor({N, F_}, dev_);
+    if (fc1_out_.numel() != static_cast<size_t>(N) * F_)
+      fc1_out_ = pool_ ? pool_->tensor("mlp.fc1", {N, F_}) : Tensor({N, F_}, dev_);
     float* act = ws.get("mlp.act", static_cast<size_t>(N) * F_);
-    fc1_.forward(fc1_out_.data(), x, N);
+    fc1_.forward(fc1_out_.data(), x, N, tp, ws);
     ops::gelu_forward(dev_, act, fc1_out_.data(), static_cast<size_t>(N) * F_);
-    fc2_.forward(out, act, N, tp);
+    fc2_.forward(out, act, N, tp, ws);
   }
 
   void backward(float* dx, const float* dout, const float* x, int B, int T, Comm& tp,
@@ -37,9 +38,9 @@ class GeluMlp final : public BlockPart {
     float* act = ws.get("mlp.act", NF);
     float* d_fc = ws.get("mlp.d_fc1", NF);
     ops::gelu_forward(dev_, act, fc1_out_.data(), NF);
-    fc2_.backward(d_fc, dout, act, N, tp);
+    fc2_.backward(d_fc, dout, act, N, tp, ws);
     ops::gelu_backward(dev_, d_fc, fc1_out_.data(), d_fc, NF);
-    fc1_.backward(dx, d_fc, x, N, tp);
+    fc1_.backward(dx, d_fc, x, N, tp, ws);
   }
 
   size_t saved_floats(int N) const override { return static_cast<size_t>(N) * F_; }
@@ -48,12 +49,17 @@ class GeluMlp final : public BlockPart {
     fc1_.comm_elements(N, e);
     fc2_.comm_elements(N, e);
   }
+  void set_saved_pool(Workspace* pool) override {
+    pool_ = pool;
+    fc1_out_ = Tensor();
+  }
 
  private:
   Device dev_;
   int F_;  // this rank's MLP channels
   ColumnParallelLinear fc1_;
   RowParallelLinear fc2_;
+  Workspace* pool_ = nullptr;  // full recompute: where fc1_out_ lives
   Tensor fc1_out_;  // saved for the backward
 };
 

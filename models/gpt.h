@@ -48,18 +48,25 @@ class GPTModel {
   // downstream-task evaluation, experiments/eval_task.h, sums them over a choice's tokens).
   double step(const int32_t* x, const int32_t* y, int B, int T, Comm& tp, bool backward,
               float grad_scale, float* token_losses = nullptr);
-  // After the last micro-batch of an iteration: under CAAT, sums the gradients of the
-  // replicated parameters that received per-rank partial gradients (norms, row-parallel
-  // biases) over TP at site "replicated.grad". No-op otherwise.
+  // After the last micro-batch of an iteration: under CAAT or sequence parallelism, sums the
+  // gradients of the replicated parameters that received per-rank partial gradients (norms,
+  // row-parallel biases) over TP at site "replicated.grad". No-op otherwise.
   void reduce_partial_grads(Comm& tp);
+  // Activation recompute (--recompute-*, models/config.h; docs/models.md). Throws
+  // std::invalid_argument for a bad combination.
+  void set_recompute(const RecomputeOptions& r);
+  const RecomputeOptions& recompute() const { return recompute_; }
 
   // Estimates for B x T micro-batches: memory of this rank (AdamW's two moments), and the
-  // elements each TP site all-reduces per micro-batch (and "replicated.grad" per iteration).
+  // elements each TP site all-reduces (or, sequence parallel, all-gathers / reduce-scatters)
+  // per micro-batch (and "replicated.grad" per iteration).
   MemoryEstimate memory_estimate(int B, int T) const;
   SiteElements comm_elements(int B, int T) const;
 
  private:
   void ensure(int B, int T);
+  // Block l's forward; under full recompute it records the block's collective results (record).
+  void forward_block(int l, int B, int T, Comm& tp, bool record);
   bool partial_grad(const ParamSpec& s) const;
   ModelConfig cfg_;
   TPOptions opt_;
@@ -77,6 +84,9 @@ class GPTModel {
   Tensor final_out_, logits_, dres_, losses_, dloss_;
   Tensor tokens_;  // the micro-batch's x then y on the device (int32 bits in fp32 storage)
   Tensor partial_pack_;
+  RecomputeOptions recompute_;
+  std::vector<Tensor> inner_;  // full uniform recompute: inputs of a unit's later blocks, shared by all units
+  std::vector<std::unique_ptr<Workspace>> pools_;  // full recompute: saved activations, one per unit position
 };
 
 }  // namespace lossytp

@@ -36,7 +36,9 @@ struct PartContext {
 
 // A sublayer between a norm and a residual add. x and out are [B*T, hidden], replicated over
 // TP; a part may shard its work over TP but its output is complete on every rank (under CAAT:
-// partially synchronised, as its row-parallel layers say).
+// partially synchronised, as its row-parallel layers say). Under --sequence-parallel x, out, dx
+// and dout are this rank's N/tp token rows (B and T still describe the whole micro-batch); the
+// parallel linear layers gather and scatter the rows.
 class BlockPart {
  public:
   virtual ~BlockPart() = default;
@@ -51,6 +53,15 @@ class BlockPart {
   virtual size_t saved_floats(int N) const = 0;
   virtual size_t scratch_floats(int N) const = 0;
   virtual void comm_elements(int N, SiteElements& e) const = 0;
+  // Full activation recompute: keep what forward saves for backward in `pool` (shared by the
+  // blocks at the same position of their recompute units, which run forward again before their
+  // backward) instead of in this part's own tensors; nullptr: own tensors. A part that ignores
+  // it stays correct and keeps its memory.
+  virtual void set_saved_pool(Workspace*) {}
+  // Selective activation recompute: an attention keeps q, k, v and the softmax statistics but
+  // not its core's output, and recomputes it in backward (no communication inside the core).
+  // Parts without a core ignore it. saved_floats/scratch_floats follow it.
+  virtual void set_recompute_core(bool) {}
 };
 
 using PartFactory = std::unique_ptr<BlockPart> (*)(const PartContext&);

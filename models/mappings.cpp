@@ -4,6 +4,12 @@
 
 namespace lossytp {
 
+void scatter_to_sp_region(Device dev, const float* full, float* shard, int N, int C, int tp_rank,
+                          int tp_size) {
+  const size_t n = static_cast<size_t>(N / tp_size) * C;
+  ops::copy(dev, shard, full + tp_rank * n, n);
+}
+
 void partial_reduce_from_tp_region(Comm& tp, Device dev, float* x, int N, int C, int sync,
                                    float scale, const std::string& site, Tensor& pack) {
   if (sync >= C) {  // p = 1: the whole tensor, no packing

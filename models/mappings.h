@@ -23,6 +23,25 @@ inline void reduce_from_tp_region_forward(Comm& tp, float* x, size_t n, const st
 }
 inline void reduce_from_tp_region_backward() {}
 
+// The sequence-parallel regions (--sequence-parallel), on [N, C] row-major tensors whose N
+// token rows are split over TP in rank order (rank r holds rows [r N/tp, (r+1) N/tp)):
+// gather_from_sequence_parallel_region: forward all-gathers the rows (full [N, C] on every
+// rank); its backward is a reduce-scatter (the caller names both sites).
+inline void gather_from_sp_region(Comm& tp, const float* shard, float* full, int N, int C,
+                                  const std::string& site) {
+  tp.all_gather(shard, full, static_cast<size_t>(N / tp.size()) * C, site);
+}
+// reduce_scatter_to_sequence_parallel_region: forward sums the ranks' partial [N, C] and leaves
+// each rank its rows; its backward is an all-gather.
+inline void reduce_scatter_to_sp_region(Comm& tp, const float* full, float* shard, int N, int C,
+                                        const std::string& site) {
+  tp.reduce_scatter(full, shard, static_cast<size_t>(N / tp.size()) * C, site);
+}
+// scatter_to_sequence_parallel_region: forward keeps this rank's rows of a replicated [N, C]
+// (no communication); its backward all-gathers (gather_from_sp_region).
+void scatter_to_sp_region(Device dev, const float* full, float* shard, int N, int C, int tp_rank,
+                          int tp_size);
+
 // CAAT-Net's partial_reduce_from_tensor_model_parallel_region, on x = [N, C]: only the first
 // `sync` channels of every row are all-reduced; the others keep this rank's partial sum,
 // multiplied by `scale` (sqrt(tp)). Its backward does the same to the output gradient, so

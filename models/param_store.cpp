@@ -52,6 +52,16 @@ void ParamStore::allocate() {
   grads_ = Tensor({static_cast<int64_t>(total_)}, device());
 }
 
+void ParamStore::pad_arenas(size_t multiple) {
+  const size_t n = (total_ + multiple - 1) / multiple * multiple;
+  if (n == values_.numel()) return;
+  Tensor v({static_cast<int64_t>(n)}, device()), g({static_cast<int64_t>(n)}, device());  // zeroed
+  ops::copy(device(), v.data(), values_.data(), total_);
+  ops::copy(device(), g.data(), grads_.data(), total_);
+  values_ = std::move(v);
+  grads_ = std::move(g);
+}
+
 void ParamStore::init(uint64_t seed) {
   // Drawn on the host (the same numbers on every device), then copied to the device.
   Tensor host = device() == Device::CPU ? values_ : Tensor({static_cast<int64_t>(total_)});
@@ -82,7 +92,8 @@ void ParamStore::init(uint64_t seed) {
         v[r * cols + c] = s.std * philox_normal(seed, stream, full_index);
       }
   }
-  if (device() != Device::CPU) values_.copy_from_host(host.data());
+  if (device() != Device::CPU)  // the arena may be padded (pad_arenas) past total_
+    values_.flat(0, total_, {static_cast<int64_t>(total_)}).copy_from_host(host.data());
 }
 
 namespace {

@@ -56,6 +56,11 @@ class ParamStore {
   Tensor& values() { return values_; }
   Tensor& grads() { return grads_; }
   size_t numel() const { return total_; }
+  // Grows both arenas to a multiple of `multiple` floats (values kept, the tail zero) so that a
+  // collective can split them into equal blocks (the distributed optimizer's DP shards).
+  // numel() is unchanged; padded_numel() is the arenas' length.
+  void pad_arenas(size_t multiple);
+  size_t padded_numel() const { return values_.numel(); }
   int tp_rank() const { return tp_rank_; }
   int tp_size() const { return tp_size_; }
   // Where the arenas live (every layer computes there) and whether GEMMs run in bf16.

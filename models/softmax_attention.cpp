@@ -7,6 +7,8 @@
 // W_qkv's rows are grouped by query group ([q heads of group g; k_g; v_g] for every g), so a
 // contiguous split over TP gives each rank whole groups (num-query-groups % tp == 0); with one
 // group per head this is the per-head [q; k; v] layout of GPT-2 blocks.
+// Selective recompute (--recompute-granularity selective): o is not kept but recomputed in the
+// backward from the saved q, k, v (the same kernel: the same bits).
 #include <cmath>
 
 #include "kernels/ops.h"
@@ -34,16 +36,14 @@ class SoftmaxAttention final : public BlockPart {
         proj_(c.store, c.prefix + ".proj", c.cfg.num_attention_heads * HD_, C_,
               c.cfg.init_std / std::sqrt(2.0f * c.cfg.num_layers), c.opt, c.cfg.add_bias_linear) {}
 
-  void forward(float* out, const float* x, int B, int T, Comm& tp, Workspace&) override {
+  void forward(float* out, const float* x, int B, int T, Comm& tp, Workspace& ws) override {
     const int N = B * T;
     ensure(N);
-    qkv_.forward(qkv_out_.data(), x, N);
+    qkv_.forward(qkv_out_.data(), x, N, tp, ws);
     if (rotary_) rotary_->forward(qkv_out_.data(), B, T, NH_, NKV_);
-    if (bf16_)
-      ops::attention_forward_bf16(dev_, att_out_.data(), lse_.data(), qkv_out_.data(), B, T, NH_, NKV_, HD_);
-    else
-      ops::attention_forward(dev_, att_out_.data(), lse_.data(), qkv_out_.data(), B, T, NH_, NKV_, HD_);
-    proj_.forward(out, att_out_.data(), N, tp);
+    float* att = att_out(N, ws);
+    core(att, B, T);
+    proj_.forward(out, att, N, tp, ws);
   }
 
   void backward(float* dx, const float* dout, const float* x, int B, int T, Comm& tp,
@@ -51,22 +51,34 @@ class SoftmaxAttention final : public BlockPart {
     const int N = B * T;
     float* d_att = ws.get("attn.d_out", static_cast<size_t>(N) * NH_ * HD_);
     float* d_qkv = ws.get("attn.d_qkv", static_cast<size_t>(N) * qkv_width());
-    proj_.backward(d_att, dout, att_out_.data(), N, tp);
+    float* att = att_out(N, ws);
+    if (recompute_core_) core(att, B, T);  // selective recompute: the same kernel, the same bits
+    proj_.backward(d_att, dout, att, N, tp, ws);
     if (bf16_)
-      ops::attention_backward_bf16(dev_, d_qkv, d_att, qkv_out_.data(), att_out_.data(), lse_.data(),
-                                   B, T, NH_, NKV_, HD_);
+      ops::attention_backward_bf16(dev_, d_qkv, d_att, qkv_out_.data(), att, lse_.data(), B, T, NH_,
+                                   NKV_, HD_);
     else
-      ops::attention_backward(dev_, d_qkv, d_att, qkv_out_.data(), att_out_.data(), lse_.data(), B,
-                              T, NH_, NKV_, HD_);
+      ops::attention_backward(dev_, d_qkv, d_att, qkv_out_.data(), att, lse_.data(), B, T, NH_, NKV_,
+                              HD_);
     if (rotary_) rotary_->backward(d_qkv, B, T, NH_, NKV_);
-    qkv_.backward(dx, d_qkv, x, N, tp);
+    qkv_.backward(dx, d_qkv, x, N, tp, ws);
   }
 
   size_t saved_floats(int N) const override {
-    return static_cast<size_t>(N) * (qkv_width() + NH_ * HD_ + NH_);
+    return static_cast<size_t>(N) * (qkv_width() + (recompute_core_ ? 0 : NH_ * HD_) + NH_);
   }
   size_t scratch_floats(int N) const override {
-    return static_cast<size_t>(N) * (qkv_width() + NH_ * HD_);
+    return static_cast<size_t>(N) * (qkv_width() + (recompute_core_ ? 2 : 1) * NH_ * HD_);
+  }
+  void set_saved_pool(Workspace* pool) override {
+    pool_ = pool;
+    qkv_out_ = att_out_ = lse_ = Tensor();
+    N_ = 0;
+  }
+  void set_recompute_core(bool on) override {
+    recompute_core_ = on;
+    att_out_ = Tensor();
+    N_ = 0;
   }
   void comm_elements(int N, SiteElements& e) const override {
     qkv_.comm_elements(N, e);
@@ -78,9 +90,23 @@ class SoftmaxAttention final : public BlockPart {
   void ensure(int N) {
     if (N == N_) return;
     N_ = N;
-    qkv_out_ = Tensor({N, qkv_width()}, dev_);
-    att_out_ = Tensor({N, NH_ * HD_}, dev_);
-    lse_ = Tensor({static_cast<int64_t>(N) * NH_}, dev_);
+    qkv_out_ = saved("attn.qkv", {N, qkv_width()});
+    if (!recompute_core_) att_out_ = saved("attn.out", {N, NH_ * HD_});
+    lse_ = saved("attn.lse", {static_cast<int64_t>(N) * NH_});
+  }
+  Tensor saved(const char* name, std::vector<int64_t> shape) {
+    return pool_ ? pool_->tensor(name, std::move(shape)) : Tensor(std::move(shape), dev_);
+  }
+  // The core's output: kept, or (selective recompute) scratch shared by every layer.
+  float* att_out(int N, Workspace& ws) {
+    return recompute_core_ ? ws.get("attn.core_out", static_cast<size_t>(N) * NH_ * HD_) : att_out_.data();
+  }
+  // o = softmax(q k^T / sqrt(d)) v from the saved (rotated) q, k, v; lse_ = its statistics.
+  void core(float* att, int B, int T) {
+    if (bf16_)
+      ops::attention_forward_bf16(dev_, att, lse_.data(), qkv_out_.data(), B, T, NH_, NKV_, HD_);
+    else
+      ops::attention_forward(dev_, att, lse_.data(), qkv_out_.data(), B, T, NH_, NKV_, HD_);
   }
 
   Device dev_;
@@ -91,7 +117,9 @@ class SoftmaxAttention final : public BlockPart {
   ColumnParallelLinear qkv_;
   RowParallelLinear proj_;
   int N_ = 0;
-  Tensor qkv_out_, att_out_, lse_;  // saved for the backward (q, k rotated)
+  bool recompute_core_ = false;
+  Workspace* pool_ = nullptr;  // full recompute: where the saved tensors live
+  Tensor qkv_out_, att_out_, lse_;  // saved for the backward (q, k rotated; att_out_ unless selective)
 };
 
 }  // namespace

@@ -27,11 +27,12 @@ class SwigluMlp final : public BlockPart {
 
   void forward(float* out, const float* x, int B, int T, Comm& tp, Workspace& ws) override {
     const int N = B * T;
-    if (fc1_out_.numel() != static_cast<size_t>(N) * 2 * F_) fc1_out_ = Tensor({N, 2 * F_}, dev_);
+    if (fc1_out_.numel() != static_cast<size_t>(N) * 2 * F_)
+      fc1_out_ = pool_ ? pool_->tensor("mlp.fc1", {N, 2 * F_}) : Tensor({N, 2 * F_}, dev_);
     float* act = ws.get("mlp.act", static_cast<size_t>(N) * F_);
-    fc1_.forward(fc1_out_.data(), x, N);
+    fc1_.forward(fc1_out_.data(), x, N, tp, ws);
     ops::swiglu_forward(dev_, act, fc1_out_.data(), N, F_);
-    fc2_.forward(out, act, N, tp);
+    fc2_.forward(out, act, N, tp, ws);
   }
 
   void backward(float* dx, const float* dout, const float* x, int B, int T, Comm& tp,
@@ -41,9 +42,9 @@ class SwigluMlp final : public BlockPart {
     float* d_act = ws.get("mlp.d_act", static_cast<size_t>(N) * F_);
     float* d_fc1 = ws.get("mlp.d_fc1", static_cast<size_t>(N) * 2 * F_);
     ops::swiglu_forward(dev_, act, fc1_out_.data(), N, F_);
-    fc2_.backward(d_act, dout, act, N, tp);
+    fc2_.backward(d_act, dout, act, N, tp, ws);
     ops::swiglu_backward(dev_, d_fc1, fc1_out_.data(), d_act, N, F_);
-    fc1_.backward(dx, d_fc1, x, N, tp);
+    fc1_.backward(dx, d_fc1, x, N, tp, ws);
   }
 
   size_t saved_floats(int N) const override { return 2 * static_cast<size_t>(N) * F_; }
@@ -52,12 +53,17 @@ class SwigluMlp final : public BlockPart {
     fc1_.comm_elements(N, e);
     fc2_.comm_elements(N, e);
   }
+  void set_saved_pool(Workspace* pool) override {
+    pool_ = pool;
+    fc1_out_ = Tensor();
+  }
 
  private:
   Device dev_;
   int F_;  // this rank's MLP channels (each of gate and up)
   ColumnParallelLinear fc1_;
   RowParallelLinear fc2_;
+  Workspace* pool_ = nullptr;  // full recompute: where fc1_out_ lives
   Tensor fc1_out_;  // [N, 2F_] = [g | u], saved for the backward
 };
 

@@ -17,6 +17,13 @@ void VocabParallelEmbedding::forward(float* out, const int32_t* tok, int N, Comm
   reduce_from_tp_region_forward(tp, out, static_cast<size_t>(N) * C_, "embed.fwd");
 }
 
+void VocabParallelEmbedding::forward_scattered(float* shard, const int32_t* tok, int N, Comm& tp,
+                                               Workspace& ws) {
+  float* full = ws.get("sp.full", static_cast<size_t>(N) * C_);
+  ops::embedding_forward(store_.device(), full, tok, store_.value(w_), N, C_, vocab_start_, vocab_local_);
+  reduce_scatter_to_sp_region(tp, full, shard, N, C_, "embed.fwd");
+}
+
 void VocabParallelEmbedding::backward(const float* dout, const int32_t* tok, int N) {
   reduce_from_tp_region_backward();
   ops::embedding_backward(store_.device(), store_.grad(w_), tok, dout, N, C_, vocab_start_, vocab_local_);

@@ -18,6 +18,14 @@ class Workspace {
     if (t.numel() < n) t = Tensor({static_cast<int64_t>(n)}, dev_);
     return t.data();
   }
+  // The named buffer as a tensor of `shape` (a view sharing its storage; it keeps that storage
+  // alive when the buffer later grows).
+  Tensor tensor(const std::string& name, std::vector<int64_t> shape) {
+    size_t n = 1;
+    for (int64_t d : shape) n *= static_cast<size_t>(d);
+    get(name, n);
+    return bufs_[name].flat(0, n, std::move(shape));
+  }
 
  private:
   Device dev_;

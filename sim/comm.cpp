@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 #include "kernels/ops.h"
 #include "sim/ring_collectives.h"
@@ -159,18 +160,87 @@ void Comm::guarded(const std::string& site, F&& body) {
 void Comm::enter(const std::string& site) { call_bf16_ = wire_bf16_ && site.rfind("ce.", 0) != 0; }
 
 void Comm::all_reduce(float* buf, size_t n, const std::string& site, ReduceOp op) {
+  if (from_tape(buf, n, site)) return;
   enter(site);
   guarded(site, [&] { all_reduce_impl(buf, n, site, op); });
+  onto_tape(buf, n, site);
 }
 
 void Comm::all_gather(const float* in, float* out, size_t m, const std::string& site) {
+  if (from_tape(out, m * size(), site, in)) return;
   enter(site);
   guarded(site, [&] { all_gather_impl(in, out, m, site); });
+  onto_tape(out, m * size(), site);
 }
 
 void Comm::reduce_scatter(const float* in, float* out, size_t m, const std::string& site) {
+  if (from_tape(out, m, site, in)) return;
   enter(site);
   guarded(site, [&] { reduce_scatter_impl(in, out, m, site); });
+  onto_tape(out, m, site);
+}
+
+size_t CollectiveTape::floats() const {
+  size_t n = 0;
+  for (const Entry& e : entries_) n += e.data.bytes() / sizeof(float);
+  return n;
+}
+
+void Comm::record(CollectiveTape& tape) {
+  if (tape_mode_ != TapeMode::Off) throw std::logic_error("Comm::record: a tape is already in use");
+  tape.used_ = tape.pos_ = 0;
+  tape_ = &tape;
+  tape_mode_ = TapeMode::Record;
+}
+
+void Comm::replay(CollectiveTape& tape) {
+  if (tape_mode_ != TapeMode::Off) throw std::logic_error("Comm::replay: a tape is already in use");
+  tape.pos_ = 0;
+  tape_ = &tape;
+  tape_mode_ = TapeMode::Replay;
+}
+
+void Comm::stop_tape() {
+  const bool short_replay = tape_mode_ == TapeMode::Replay && tape_->pos_ != tape_->used_;
+  const size_t pos = tape_ ? tape_->pos_ : 0, used = tape_ ? tape_->used_ : 0;
+  tape_mode_ = TapeMode::Off;
+  tape_ = nullptr;
+  if (short_replay)
+    throw std::logic_error("recomputed forward made " + std::to_string(pos) + " collective calls, the original " +
+                           std::to_string(used) + " (group " + group_ + ")");
+}
+
+// Replay: the recorded result instead of the collective. One rank: the collective's own local
+// result (nothing was stored): nothing for an all-reduce, in copied to out for the others.
+bool Comm::from_tape(float* out, size_t n, const std::string& site, const float* in) {
+  if (tape_mode_ != TapeMode::Replay) return false;
+  CollectiveTape& t = *tape_;
+  if (t.pos_ >= t.used_)
+    throw std::logic_error("recomputed forward: collective at site '" + site + "' beyond the " +
+                           std::to_string(t.used_) + " recorded (group " + group_ + ")");
+  CollectiveTape::Entry& e = t.entries_[t.pos_];
+  if (e.site != site || e.n != n)
+    throw std::logic_error("recomputed forward: call " + std::to_string(t.pos_) + " is '" + site + "' of " +
+                           std::to_string(n) + " floats, the original forward's was '" + e.site + "' of " +
+                           std::to_string(e.n) + " (group " + group_ + ")");
+  ++t.pos_;
+  if (n == 0) return true;
+  if (size() == 1) {
+    if (in && in != out) ops::copy(device_, out, in, n);
+  } else {
+    ops::copy(device_, out, e.data.floats(), n);
+  }
+  return true;
+}
+
+void Comm::onto_tape(const float* out, size_t n, const std::string& site) {
+  if (tape_mode_ != TapeMode::Record) return;
+  CollectiveTape& t = *tape_;
+  if (t.used_ == t.entries_.size()) t.entries_.emplace_back();
+  CollectiveTape::Entry& e = t.entries_[t.used_++];
+  e.site = site;
+  e.n = n;
+  if (size() > 1 && n > 0) ops::copy(device_, e.data.floats(n), out, n);
 }
 
 void Comm::all_reduce_impl(float* buf, size_t n, const std::string& site, ReduceOp op) {
@@ -209,14 +279,16 @@ void Comm::all_reduce_impl(float* buf, size_t n, const std::string& site, Reduce
 }
 
 void Comm::all_reduce_as_ring(float* buf, size_t n, const std::string& site, ReduceOp op) {
+  if (from_tape(buf, n, site)) return;
   enter(site);
   ++call_;
-  if (size() == 1) return;
+  if (size() == 1) return onto_tape(buf, n, site);
   SiteCounters& c = stats_->site(site);
   c.calls += 1;
   const bool lossy = path_for(site) == Path::Ring;
   HopContext ctx = hop_context(site, net::CollKind::AllReduce, c, lossy);
   guarded(site, [&] { lossytp::ring_all_reduce(ctx, buf, n, op); });
+  onto_tape(buf, n, site);
 }
 
 void Comm::all_gather_impl(const float* in, float* out, size_t m, const std::string& site) {
@@ -280,6 +352,8 @@ void Comm::block_collective(net::CollKind kind, const float* in, float* out, siz
 }
 
 void Comm::broadcast(float* buf, size_t n, int root, const std::string& site) {
+  if (tape_mode_ != TapeMode::Off)
+    throw std::logic_error("broadcast at site '" + site + "' inside a recorded or replayed forward");
   const int p = size();
   ++call_;
   if (p == 1) return;

@@ -64,6 +64,29 @@ class StaleStore {
   std::map<std::pair<std::string, int>, DeviceBuffer> bufs_;
 };
 
+// Activation recompute (--recompute-granularity full, docs/models.md): the results of the
+// collectives of one recomputed forward, in call order. The recomputed forward does not
+// communicate: it replays these, so it meets the network exactly as the original forward did
+// (same losses, same fills) and the backward's calls keep the numbers and packet fates they
+// have without recompute. A tape keeps its storage from one step to the next.
+class CollectiveTape {
+ public:
+  // Floats held (results of calls in groups of more than one rank; those of one rank are local).
+  size_t floats() const;
+  size_t calls() const { return used_; }
+
+ private:
+  friend class Comm;
+  struct Entry {
+    std::string site;
+    size_t n = 0;  // floats of the result
+    DeviceBuffer data;
+  };
+  std::vector<Entry> entries_;  // [0, used_) recorded; storage beyond is kept for reuse
+  size_t used_ = 0;
+  size_t pos_ = 0;  // next entry to replay
+};
+
 class Comm {
  public:
   // group: "tp" or "dp" (scopes name it); stats may be shared by several Comms of a rank.
@@ -108,6 +131,16 @@ class Comm {
   // The ring algorithm even when the model is exact (tests compare it with the native one).
   void all_reduce_as_ring(float* buf, size_t n, const std::string& site, ReduceOp op = ReduceOp::Sum);
 
+  // Activation recompute. record(tape): every later all-reduce, all-gather and reduce-scatter
+  // also copies its result onto the tape (cleared first). replay(tape): every later one takes
+  // its result from the tape, in order, instead of communicating: no counters, no call index,
+  // no packet fates, no stale values change. A call whose site or size differs from the
+  // recorded one, a call beyond the tape, or a broadcast throws std::logic_error. stop_tape():
+  // back to communicating; after a replay, throws std::logic_error unless every entry was used.
+  void record(CollectiveTape& tape);
+  void replay(CollectiveTape& tape);
+  void stop_tape();
+
  private:
   void all_reduce_impl(float* buf, size_t n, const std::string& site, ReduceOp op);
   void all_gather_impl(const float* in, float* out, size_t n_per_rank, const std::string& site);
@@ -132,6 +165,9 @@ class Comm {
                       size_t bytes_per_hop);
 
   void enter(const std::string& site);  // sets call_bf16_ for the call at `site`
+  // Tape hooks around a call: true when the call was answered from the tape (replay).
+  bool from_tape(float* out, size_t n, const std::string& site, const float* in = nullptr);
+  void onto_tape(const float* out, size_t n, const std::string& site);
   HopContext hop_context(const std::string& site, net::CollKind kind, SiteCounters& c, bool lossy);
   size_t elem_bytes() const;                 // on the wire: 2 under wire_bf16, else 4
   void to_wire(float* buf, size_t n) const;  // rounds to bf16 under wire_bf16
@@ -148,6 +184,8 @@ class Comm {
   CommScratch scratch_;
   int64_t iteration_ = 0;
   int64_t call_ = 0;
+  enum class TapeMode { Off, Record, Replay } tape_mode_ = TapeMode::Off;
+  CollectiveTape* tape_ = nullptr;
 };
 
 }  // namespace lossytp

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `lossytp summarize` and `lossytp plot` on a small grid of real runs (exact and drop:rate=0.05,
 # two seeds each, TP=2 under mpirun): the CSVs' rows and columns, exact rows with gap 0 and lossy
-# rows with the difference to their twin, the PNGs, and bad input (exit 2, one message, the
-# folder untouched).
+# rows with the difference to their twin, the replica divergence (0 for exact runs, positive for
+# the lossy ring runs), the PNGs, and bad input (exit 2, one message, the folder untouched).
 # usage: analysis.sh path/to/lossytp workdir
 set -u
 L=$1; W=$2
@@ -80,6 +80,13 @@ half = 12.706205 * sd / 2 ** 0.5
 assert abs(float(a["drop:rate=0.05"]["eval_loss_gap_mean"]) - m) < 1e-12
 assert abs(float(a["drop:rate=0.05"]["eval_loss_gap_ci95_high"]) - (m + half)) < 1e-5
 assert a["drop:rate=0.05"]["gap_ci_contains_zero"] == ("true" if m - half <= 0 <= m + half else "false")
+# replica divergence (new runs log it): 0 where every copy stayed bit-identical (exact), positive
+# where lossy ring all-reduces (the default mode) left the TP ranks' replicated parameters apart
+for s in ("1", "2"):
+    assert by["exact-s" + s]["final_replica_divergence"] == "0", by["exact-s" + s]
+    assert float(by["drop-s" + s]["final_replica_divergence"]) > 0, by["drop-s" + s]
+assert a["exact"]["final_replica_divergence_mean"] == "0", a["exact"]
+assert float(a["drop:rate=0.05"]["final_replica_divergence_mean"]) > 0
 print("    csv ok: drop gaps", g)
 PY
 out=$("$L" summarize "$W/grid" -o "$W/elsewhere/s.csv" --quiet 2>&1); rc=$?
@@ -93,7 +100,7 @@ png_ok() {  # a PNG over 5 kB
 out=$("$L" plot "$W/grid" 2>&1); rc=$?
 echo "$out" | sed 's/^/    /'
 check "plot exits 0" test "$rc" -eq 0
-for f in loss_curves gap_vs_loss_rate; do
+for f in loss_curves gap_vs_loss_rate replica_divergence; do
   check "plots/$f.png is a PNG > 5 kB" png_ok "$W/grid/plots/$f.png"
   check "plot reports $f.png" grep -q "wrote $W/grid/plots/$f.png" <<<"$out"
 done
@@ -109,6 +116,12 @@ check "plot -o DIR --quiet: exit 0, silent" test "$rc" -eq 0 -a -z "$out"
 for f in loss_curves gap_vs_loss_rate time_to_target; do
   check "figs/$f.png is a PNG > 5 kB" png_ok "$W/figs/$f.png"
 done
+
+# Runs whose replicas never diverged (here: exact only) get no divergence figure.
+mkdir -p "$W/exact-only"
+cp -r "$W/grid/exact-s1" "$W/grid/exact-s2" "$W/exact-only/"
+out=$("$L" plot "$W/exact-only" 2>&1)
+check "no replica_divergence.png when no replica diverged" grep -q "replica_divergence.png skipped" <<<"$out"
 
 # plot.py runs standalone too.
 if [[ -f $SRC/analysis/plot.py ]]; then

@@ -99,6 +99,18 @@ expect_error 1 "packet" train "${small[@]}" --net drop:rate=0.1,packet=0
 expect_error 1 "malformed" train "${small[@]}" --net ge:p
 expect_error 1 "unknown model 'gee'" net sample --net gee
 
+# --sequence-parallel: not with CAAT-Net; the micro-batch's tokens must split evenly over TP
+expect_error 2 "--sequence-parallel does not combine with CAAT-Net" train --tp 2 "${small[@]}" --sequence-parallel --net caat:p=0.5
+expect_error 2 "--sequence-parallel splits the 15 tokens of a micro-batch" train --tp 2 "${small[@]}" --sequence-parallel --seq-length 15 --micro-batch-size 1
+
+# activation recompute (Megatron's checks): unknown values, full without a method, a layer count
+# beyond the model, a method or count without full
+expect_error 1 "--recompute-granularity must be full or selective, got 'some'" train "${small[@]}" --recompute-granularity some
+expect_error 1 "--recompute-granularity full needs --recompute-method" train "${small[@]}" --recompute-granularity full
+expect_error 1 "--recompute-method must be uniform or block" train "${small[@]}" --recompute-granularity full --recompute-method both
+expect_error 1 "--recompute-num-layers must be between 1 and --num-layers 1, got 2" train "${small[@]}" --recompute-granularity full --recompute-method block --recompute-num-layers 2
+expect_error 1 "--recompute-method uniform applies to --recompute-granularity full only" train "${small[@]}" --recompute-granularity selective --recompute-method uniform
+
 # Resuming: a folder without a checkpoint, or a checkpoint of another model, is refused up front.
 expect_error 1 "no checkpoint there" train "${small[@]}" --load nock --out nock2
 [[ ! -e nock2 ]] || { echo "FAIL: a refused run created its folder"; fails=$((fails+1)); }

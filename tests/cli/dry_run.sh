@@ -42,10 +42,11 @@ PY
 
 small=(--model llama-tiny --num-layers 2 --seq-length 32 --micro-batch-size 2 --global-batch-size 8
        --train-iters 1 --eval-interval 0 --eval-iters 0 --quiet --virtual-ranks 4 --tp 2)
-for net in exact caat:p=0.5; do
-  "$L" train "${small[@]}" --net "$net" --dry-run --json > plan.json
-  "$L" train "${small[@]}" --net "$net" --out "run-${net%%:*}" > /dev/null
-  "$PY" - "run-${net%%:*}/metrics.h5" <<'PY' || fail "dry-run traffic vs metrics.h5 ($net)"
+check_traffic() {  # check_traffic NAME args...: --dry-run's bytes per site == the run's metrics.h5
+  local name=$1; shift
+  "$L" train "${small[@]}" "$@" --dry-run --json > plan.json
+  "$L" train "${small[@]}" "$@" --out "run-$name" > /dev/null
+  "$PY" - "run-$name/metrics.h5" <<'PY' || fail "dry-run traffic vs metrics.h5 ($name)"
 import json, sys, h5py
 plan = json.load(open("plan.json"))["comm_bytes_per_iteration"]
 with h5py.File(sys.argv[1], "r") as f:
@@ -56,5 +57,35 @@ bad = {s: (plan[s], seen[s]) for s in plan if plan[s] != seen[s]}
 assert not bad, bad
 print(f"ok: {len(plan)} sites, dry-run bytes == metrics.h5 bytes")
 PY
-done
+}
+check_traffic exact --net exact
+check_traffic caat --net caat:p=0.5
+# --sequence-parallel: all-gathers and reduce-scatters (Llama: reduce-scattered embedding; GPT-2
+# blocks: learned positions, biases)
+check_traffic sp --sequence-parallel
+check_traffic sp-gpt --sequence-parallel --model gpt-tiny
+check_traffic sp-bf16 --sequence-parallel --bf16
+"$PY" - <<'PY' || fail "sequence-parallel sites"
+import json
+plan = json.load(open("plan.json"))["comm_bytes_per_iteration"]
+for s in ("layer0.attn.qkv.fwd", "layer0.attn.qkv.regather.bwd", "head.regather.bwd", "embed.bwd", "replicated.grad"):
+    assert s in plan, s
+print("ok: sequence-parallel sites in the plan")
+PY
+# --use-distributed-optimizer (TP=2 x DP=2): a reduce-scatter at dp.grad and an all-gather at
+# dp.param; the optimizer estimate is one DP shard; the TOML key works as the flag
+check_traffic zero --use-distributed-optimizer
+printf 'model = "llama-tiny"\nuse-distributed-optimizer = true\n' > zero.toml
+"$L" train --config zero.toml --virtual-ranks 2 --dry-run --json > zero.json
+"$L" train --model llama-tiny --virtual-ranks 2 --dry-run --json > plain.json
+"$PY" - <<'PY' || fail "distributed optimizer plan"
+import json
+plan = json.load(open("plan.json"))["comm_bytes_per_iteration"]
+assert "dp.grad" in plan and "dp.param" in plan and plan["dp.grad"] == plan["dp.param"], plan
+z, p = json.load(open("zero.json")), json.load(open("plain.json"))
+assert z["config"]["use-distributed-optimizer"] is True and "use-distributed-optimizer" not in p["config"]
+ratio = z["memory_per_rank"]["optimizer"] / p["memory_per_rank"]["optimizer"]
+assert 0.49 < ratio <= 0.51, ratio
+print("ok: distributed optimizer: dp.grad + dp.param, optimizer memory / 2, TOML key")
+PY
 echo "dry run: all passed"

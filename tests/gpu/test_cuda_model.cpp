@@ -113,3 +113,15 @@ TEST_CASE("GPU Llama blocks: one step and a TP=2 trajectory match the CPU", "[mo
   const auto bf16 = run_virtual(b, "llama-bf16").train_loss;
   CHECK(worst_relative(bf16, gpu_tp1) <= 3e-2);
 }
+
+TEST_CASE("GPU --sequence-parallel: TP=2 over virtual ranks on one GPU matches TP=1 (GPT-2 and Llama blocks)",
+          "[model][sp]") {
+  for (bool llama : {false, true}) {
+    auto config = llama ? testing::small_llama_config : testing::small_config;
+    const auto ref = run_virtual(on(config(1, 1, 4, 4, 20), "cuda"), "sp-ref").train_loss;
+    TrainConfig c = on(config(2, 1, 4, 4, 20), "cuda");
+    c.sequence_parallel = true;
+    INFO((llama ? "Llama" : "GPT-2"));
+    CHECK(worst_relative(run_virtual(c, "sp-tp2").train_loss, ref) <= 1e-5);
+  }
+}

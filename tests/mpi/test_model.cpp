@@ -53,16 +53,17 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint64_t stream) {
   return t;
 }
 
-void gradcheck(int tp, const ModelConfig& cfg) {
+void gradcheck(int tp, const ModelConfig& cfg, TPOptions opt = {}) {
   const Layout l = Layout::make(world_size(), world_rank(), tp, 1);
   auto g = make_mpi_groups(MPI_COMM_WORLD, l);
-  GPTModel model(cfg, l.tp_rank, l.tp);
+  GPTModel model(cfg, l.tp_rank, l.tp, opt);
   model.init(3);
   const int B = 2, T = cfg.seq_length, N = B * T;
   auto x = random_tokens(N, cfg.vocab_size, 1), y = random_tokens(N, cfg.vocab_size, 2);
   ParamStore& ps = model.params();
   ps.grads().zero();
   model.step(x.data(), y.data(), B, T, *g->tp, true, 1.0f / N);
+  model.reduce_partial_grads(*g->tp);  // sequence parallel: norms' and row biases' partial sums
   const std::vector<float> grads(ps.grads().data(), ps.grads().data() + ps.numel());
 
   auto loss = [&] { return model.step(x.data(), y.data(), B, T, *g->tp, false, 0.0f) / N; };
@@ -108,6 +109,12 @@ TEST_CASE("whole-model gradients match finite differences, TP=1", "[np1]") { gra
 TEST_CASE("whole-model gradients match finite differences, TP=2", "[np2]") { gradcheck(2, tiny_model()); }
 TEST_CASE("Llama-block gradients match finite differences, TP=1", "[np1]") { gradcheck(1, llama_model()); }
 TEST_CASE("Llama-block gradients match finite differences, TP=2", "[np2]") { gradcheck(2, llama_model()); }
+TEST_CASE("sequence-parallel gradients match finite differences, TP=2 (GPT-2 and Llama blocks)", "[np2]") {
+  TPOptions sp;
+  sp.sequence_parallel = true;
+  gradcheck(2, tiny_model(), sp);
+  gradcheck(2, llama_model(), sp);
+}
 
 TEST_CASE("the model overfits one batch", "[np1]") {
   const Layout l = Layout::make(1, 0, 1, 1);

@@ -138,3 +138,11 @@ TEST_CASE("virtual ranks: --bf16 (emulated on the CPU) trains close to fp32", "[
   CHECK(worst_relative(bf16, fp32) <= 3e-2);    // and stays a rounding
   CHECK(bf16.back() < bf16.front() - 0.3);
 }
+
+TEST_CASE("virtual ranks: --sequence-parallel at TP=2 and TP=2 x DP=2 matches TP=1", "[virtual][sp]") {
+  auto ref = run_virtual(tiny(1, 1, 4, 8), "sp-ref").train_loss;
+  TrainConfig a = tiny(2, 1, 4, 8), b = tiny(2, 2, 2, 8);
+  a.sequence_parallel = b.sequence_parallel = true;
+  CHECK(worst_relative(run_virtual(a, "sp-tp2").train_loss, ref) <= 1e-5);
+  CHECK(worst_relative(run_virtual(b, "sp-tp2dp2").train_loss, ref) <= 1e-5);
+}
