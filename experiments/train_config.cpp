@@ -169,7 +169,7 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
       ->capture_default_str();
   app.add_option("--lr-warmup-iters", c.lr_warmup_iters, "linear warmup iterations")
       ->capture_default_str();
-  app.add_option("--train-iters", c.train_iters, "training iterations")->capture_default_str();
+  app.add_option("--train-iters", c.train_iters, "training iterations (0: evaluate the loaded weights only)")->capture_default_str();
   app.add_option("--eval-interval", c.eval_interval, "iterations between evaluations (0: only at the end)")
       ->capture_default_str();
   app.add_option("--eval-iters", c.eval_iters, "global batches of held-out data per evaluation")
