@@ -392,10 +392,11 @@ std::string architecture_of(const ModelConfig& m, std::string* why) {
   const bool gpt2 = m.normalization == "LayerNorm" && !m.rope() && !m.swiglu && m.add_bias_linear &&
                     !m.group_query_attention;
   const bool llama = m.normalization == "RMSNorm" && m.rope() && m.swiglu && m.rotary_percent == 1.0;
-  if (m.attention != "softmax") {
-    *why = "its attention '" + m.attention + "' has no Hugging Face equivalent";
-    return "";
-  }
+  for (int l = 0; l < std::max(m.num_layers, 1); ++l)
+    if (m.attention_of(l) != "softmax") {
+      *why = "its attention '" + m.attention_of(l) + "' has no Hugging Face equivalent";
+      return "";
+    }
   if (gpt2) return kGPT2;
   if (llama) return kLlama;
   *why = "its blocks (" + m.normalization + ", " + m.position_embedding_type + ", " + m.mlp() +
@@ -599,6 +600,11 @@ void export_run(const std::string& run_dir, const std::string& out_dir, ExportDT
     m.rope_scaling_high_freq_factor = get("rope-scaling-high-freq-factor", 4.0);
     m.rope_scaling_original_max_position = get("rope-scaling-original-max-position", 8192);
     m.attention = get("attention", std::string("softmax"));
+    for (std::string rest = get("attention-pattern", std::string()); !rest.empty();) {  // "a,b,c"
+      const size_t comma = rest.find(',');
+      m.attention_pattern.push_back(rest.substr(0, comma));
+      rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+    }
     m.swiglu = get("swiglu", false);
     m.add_bias_linear = !get("disable-bias-linear", false);
     m.untie_embeddings_and_output_weights = get("untie-embeddings-and-output-weights", false);

@@ -79,19 +79,19 @@ std::string check_resumable(const TrainConfig& cfg) {
     const auto now = cfg.to_json();
     // Keys an older checkpoint lacks had the GPT-2 defaults.
     const nlohmann::json gpt2 = {{"group-query-attention", false}, {"normalization", "LayerNorm"},
-                                 {"position-embedding-type", "learned_absolute"}, {"attention", "softmax"}, {"use-rope-scaling", false},
+                                 {"position-embedding-type", "learned_absolute"}, {"attention", "softmax"}, {"attention-pattern", nullptr}, {"use-rope-scaling", false},
                                  {"swiglu", false}, {"disable-bias-linear", false},
                                  {"untie-embeddings-and-output-weights", false}};
     for (const char* k : {"tensor-model-parallel-size", "data-parallel-size", "vocab-size", "seq-length",
                           "num-layers", "hidden-size", "num-attention-heads", "ffn-hidden-size",
                           "group-query-attention", "num-query-groups", "normalization",
-                          "position-embedding-type", "rotary-percent", "use-rope-scaling", "attention", "swiglu",
+                          "position-embedding-type", "rotary-percent", "use-rope-scaling", "attention", "attention-pattern", "swiglu",
                           "disable-bias-linear", "untie-embeddings-and-output-weights",
                           "padded-vocab-size"})
       if (saved.contains(k) || gpt2.contains(k))
-        if (saved.value(k, gpt2.value(k, nlohmann::json())) != now[k])
+        if (saved.value(k, gpt2.value(k, nlohmann::json())) != now.value(k, gpt2.value(k, nlohmann::json())))
         return "--load " + cfg.load + ": the checkpoint has " + k + " = " + saved.value(k, gpt2.value(k, nlohmann::json())).dump() +
-               ", this run " + now[k].dump();
+               ", this run " + now.value(k, gpt2.value(k, nlohmann::json())).dump();
     // the optimizer state's layout (experiments/checkpoint.h): whole, or sharded over DP
     const bool saved_zero = saved.value("use-distributed-optimizer", false) && saved.value("data-parallel-size", 1) > 1;
     if (saved_zero != (cfg.use_distributed_optimizer && cfg.dp > 1))

@@ -48,6 +48,11 @@ nlohmann::json TrainConfig::to_json() const {
     j["rope-scaling-original-max-position"] = model.rope_scaling_original_max_position;
   }
   j["attention"] = model.attention;
+  if (!model.attention_pattern.empty()) {
+    std::string pattern;
+    for (const std::string& a : model.attention_pattern) pattern += (pattern.empty() ? "" : ",") + a;
+    j["attention-pattern"] = pattern;
+  }
   j["swiglu"] = model.swiglu;
   j["disable-bias-linear"] = !model.add_bias_linear;
   j["untie-embeddings-and-output-weights"] = model.untie_embeddings_and_output_weights;
@@ -147,6 +152,10 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   for (const std::string& a : attention_names()) attentions += (attentions.empty() ? "" : ", ") + a;
   app.add_option("--attention", c.model.attention,
                  "attention of every block (default softmax: causal MHA, or GQA): " + attentions);
+  app.add_option("--attention-pattern", c.model.attention_pattern,
+                 "comma-separated attentions cycled over the layers (layer l: entry l mod length, e.g. "
+                 "semigroup,semigroup,softmax); overrides --attention. Known: " + attentions)
+      ->delimiter(',');
   app.add_flag("--swiglu", c.model.swiglu, "SwiGLU MLP (silu-gated, Llama) instead of GELU");
   app.add_flag("--disable-bias-linear", o.disable_bias_linear, "no biases in the linear layers (Llama)");
   app.add_flag("--untie-embeddings-and-output-weights", c.model.untie_embeddings_and_output_weights,
@@ -430,6 +439,7 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (given("--rotary-base")) m.rotary_base = c.model.rotary_base;
   if (given("--rotary-percent")) m.rotary_percent = c.model.rotary_percent;
   if (given("--attention")) m.attention = c.model.attention;
+  if (given("--attention-pattern")) m.attention_pattern = c.model.attention_pattern;
   if (given("--use-rope-scaling")) m.use_rope_scaling = c.model.use_rope_scaling;
   if (given("--rope-scaling-factor")) m.rope_scaling_factor = c.model.rope_scaling_factor;
   if (given("--rope-scaling-low-freq-factor")) m.rope_scaling_low_freq_factor = c.model.rope_scaling_low_freq_factor;
@@ -475,6 +485,17 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
         std::to_string(world) + " (mpirun -np or --virtual-ranks)");
   c.model.validate(c.tp);
   attention_factory(c.model.attention);  // an unknown --attention names the known ones
+  for (const std::string& a : c.model.attention_pattern) {
+    try {
+      attention_factory(a);
+    } catch (const std::invalid_argument&) {
+      bad("--attention-pattern: '" + a + "' is not an attention (known: " + [] {
+        std::string k;
+        for (const std::string& n : attention_names()) k += (k.empty() ? "" : ", ") + n;
+        return k;
+      }() + ")");
+    }
+  }
   if (c.micro_batch_size < 1) bad("--micro-batch-size must be >= 1");
   if (c.global_batch_size == 0) c.global_batch_size = c.micro_batch_size * c.dp;
   if (c.global_batch_size < 0 || c.global_batch_size % (c.micro_batch_size * c.dp) != 0)

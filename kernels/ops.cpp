@@ -73,6 +73,17 @@ void attention_backward(Device d, float* dqkv, const float* dout, const float* q
                         const float* out, const float* lse, int B, int T, int NH, int NKV, int HD) {
   LOSSYTP_ON(d, attention_backward(dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD));
 }
+void semigroup_attention_forward(Device d, float* y, float* o, float* lse, const float* qkv, int B,
+                                 int T, int NH, int HD, float t, float c) {
+  if (d != Device::CPU) throw std::runtime_error("--attention semigroup is not yet implemented on CUDA");
+  cpu::semigroup_attention_forward(y, o, lse, qkv, B, T, NH, HD, t, c);
+}
+void semigroup_attention_backward(Device d, float* dqkv, double* dt, double* dc, const float* dy,
+                                  const float* qkv, const float* o, const float* lse, int B, int T,
+                                  int NH, int HD, float t, float c) {
+  if (d != Device::CPU) throw std::runtime_error("--attention semigroup is not yet implemented on CUDA");
+  cpu::semigroup_attention_backward(dqkv, dt, dc, dy, qkv, o, lse, B, T, NH, HD, t, c);
+}
 void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B, int T,
                             int NH, int NKV, int HD) {
   LOSSYTP_ON(d, attention_forward_bf16(out, lse, qkv, B, T, NH, NKV, HD));

@@ -42,6 +42,13 @@ void attention_forward(Device d, float* out, float* lse, const float* qkv, int B
                        int NKV, int HD);
 void attention_backward(Device d, float* dqkv, const float* dout, const float* qkv,
                         const float* out, const float* lse, int B, int T, int NH, int NKV, int HD);
+// Semigroup attention (kernels/cpu/ops.h); CPU only so far: a CUDA buffer throws
+// std::runtime_error ("not yet implemented on CUDA").
+void semigroup_attention_forward(Device d, float* y, float* o, float* lse, const float* qkv, int B,
+                                 int T, int NH, int HD, float t, float c);
+void semigroup_attention_backward(Device d, float* dqkv, double* dt, double* dc, const float* dy,
+                                  const float* qkv, const float* o, const float* lse, int B, int T,
+                                  int NH, int HD, float t, float c);
 // bf16 GEMM operands (q, k, v, dout; on the GPU also P and dS), fp32 softmax and outputs (--bf16).
 void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B, int T,
                             int NH, int NKV, int HD);

@@ -37,6 +37,9 @@ struct ModelConfig {
   double rope_scaling_high_freq_factor = 4.0;
   int rope_scaling_original_max_position = 8192;
   std::string attention = "softmax";  // a registered attention (models/layer_spec.h)
+  // --attention-pattern: the attention of layer l is attention_pattern[l % size] (the fork's
+  // hybrid specs); empty: `attention` in every layer.
+  std::vector<std::string> attention_pattern;
   bool swiglu = false;                // SwiGLU MLP (gated, silu) instead of GELU
   bool add_bias_linear = true;        // --disable-bias-linear sets false
   bool untie_embeddings_and_output_weights = false;
@@ -48,6 +51,9 @@ struct ModelConfig {
   bool rope() const { return position_embedding_type == "rope"; }
   int rotary_dim() const { return static_cast<int>(head_dim() * rotary_percent); }
   std::string mlp() const { return swiglu ? "swiglu" : "gelu"; }
+  const std::string& attention_of(int layer) const {
+    return attention_pattern.empty() ? attention : attention_pattern[layer % attention_pattern.size()];
+  }
   // Megatron's padding: the embedding and output tables have this many rows, a multiple of
   // make_vocab_size_divisible_by * tp. Padded ids are never targets and are masked out of the
   // softmax, so the padding changes no loss.

@@ -13,6 +13,7 @@ namespace {
 const ModelConfig& checked(const ModelConfig& cfg, int tp) {
   cfg.validate(tp);
   attention_factory(cfg.attention);  // throws listing the known ones
+  for (const std::string& a : cfg.attention_pattern) attention_factory(a);
   return cfg;
 }
 
@@ -190,7 +191,9 @@ bool GPTModel::partial_grad(const ParamSpec& s) const {
   // under CAAT, or from its own token rows under sequence parallelism (norms, row-parallel
   // biases); learned positions see the reduced one (after "blocks.input.bwd"), or under
   // sequence parallelism the all-gathered one (after "embed.bwd").
-  return s.shard_dim < 0 && s.name != "pos.weight";
+  // Parameters named "*.shared.*" (semigroup attention's scalars) are all-reduced over TP by
+  // their part in every backward, in every mode.
+  return s.shard_dim < 0 && s.name != "pos.weight" && s.name.find(".shared.") == std::string::npos;
 }
 
 void GPTModel::reduce_partial_grads(Comm& tp) {

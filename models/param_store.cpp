@@ -71,6 +71,7 @@ void ParamStore::init(uint64_t seed) {
     const size_t n = s.numel();
     if (s.init == Init::Zeros) { for (size_t i = 0; i < n; ++i) v[i] = 0.0f; continue; }
     if (s.init == Init::Ones) { for (size_t i = 0; i < n; ++i) v[i] = 1.0f; continue; }
+    if (s.init == Init::Constant) { for (size_t i = 0; i < n; ++i) v[i] = s.std; continue; }
     const uint64_t stream = fnv1a64(s.name.c_str());
     // Map each local element to its index in the full matrix (row-major), then draw.
     // Shapes are 1-D or 2-D.

@@ -12,7 +12,7 @@
 
 namespace lossytp {
 
-enum class Init { Normal, Zeros, Ones };
+enum class Init { Normal, Zeros, Ones, Constant };  // Constant: every element = std
 
 struct ParamSpec {
   std::string name;               // "layer0.attn.qkv.weight"

@@ -19,7 +19,7 @@ TransformerBlock::TransformerBlock(ParamStore& store, const ModelConfig& cfg, in
       tp_(store.tp_size()),
       norm1_(store, "layer" + std::to_string(layer) + ".ln1", cfg.hidden_size, cfg.normalization,
              cfg.norm_epsilon),
-      attn_(attention_factory(cfg.attention)(context(store, cfg, layer, opt, rotary, "attn"))),
+      attn_(attention_factory(cfg.attention_of(layer))(context(store, cfg, layer, opt, rotary, "attn"))),
       norm2_(store, "layer" + std::to_string(layer) + ".ln2", cfg.hidden_size, cfg.normalization,
              cfg.norm_epsilon),
       mlp_(mlp_factory(cfg.mlp())(context(store, cfg, layer, opt, rotary, "mlp"))) {}

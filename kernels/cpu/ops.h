@@ -61,6 +61,18 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, int B, int T, int NH, int NKV, int HD);
 
+// ---- semigroup attention, generator step (kernels/cpu/semigroup_attention.cpp):
+//   o = P v with P = causal softmax(q k^T / sqrt(HD) - c |i - j|), y = (1 - t) v + t o.
+// qkv: [B, T, 3, NH, HD] (block-major [Q | K | V], each block NH heads of HD); y, o: [B, T, NH, HD]
+// (OVERWRITTEN); lse: [B, NH, T]. Flash-style over key tiles: no T x T matrix per head.
+void semigroup_attention_forward(float* y, float* o, float* lse, const float* qkv, int B, int T,
+                                 int NH, int HD, float t, float c);
+// dqkv: like qkv (OVERWRITTEN); *dt += dL/dt, *dc += dL/dc (sums over this call's heads, in
+// double, in a fixed order). o and lse from the forward.
+void semigroup_attention_backward(float* dqkv, double* dt, double* dc, const float* dy,
+                                  const float* qkv, const float* o, const float* lse, int B, int T,
+                                  int NH, int HD, float t, float c);
+
 // ---- embeddings
 // Vocab-parallel lookup: this rank owns rows [vocab_start, vocab_start + V) of the table.
 // out[n,:] = table[tok[n] - vocab_start, :] when the token is owned, else 0 (OVERWRITES).
