@@ -4,12 +4,7 @@
 # single runs; bad grid inputs that leave an existing results folder untouched.
 # usage: grid.sh path/to/lossytp workdir
 set -u
-L=$1; W=$2
-MPIRUN=${MPIRUN:-mpirun}
-rm -rf "$W"; mkdir -p "$W"; cd "$W"
-fails=0; passes=0
-ok() { echo "ok: $*"; passes=$((passes+1)); }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" "$@"
 run() { "$MPIRUN" --oversubscribe --bind-to none "$@"; }
 
 cat > grid.toml <<'TOML'

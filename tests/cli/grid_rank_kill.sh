@@ -8,17 +8,8 @@
 # (--virtual-ranks runs every rank as a thread of one process: it cannot lose a single rank.)
 # usage: grid_rank_kill.sh path/to/lossytp workdir
 set -u
-L=$1; W=$2
-MPIRUN=${MPIRUN:-mpirun}
-rm -rf "$W"; mkdir -p "$W"; cd "$W"
-fails=0; passes=0
-ok() { echo "ok: $*"; passes=$((passes+1)); }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
-PY=""
-for p in /usr/bin/python3 python3; do $p -c "import h5py" 2>/dev/null && { PY=$p; break; }; done
-[[ -n $PY ]] || { echo "SKIP: no python3 with h5py"; exit 0; }
-# wait_line FILE REGEX: until a line of FILE matches (60 s at most)
-wait_line() { for _ in $(seq 600); do grep -qE "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" "$@"
+need_h5py
 
 # Runs of tp = 2 on 2 ranks: one run at a time, every iteration a collective between the two.
 cat > g.toml <<'TOML'

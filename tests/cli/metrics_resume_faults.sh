@@ -8,15 +8,8 @@
 # after --comm-timeout), finishes the others, and resumes it once the file is moved aside.
 # usage: metrics_resume_faults.sh path/to/lossytp workdir
 set -u
-L=$1; W=$2
-MPIRUN=${MPIRUN:-mpirun}
-rm -rf "$W"; mkdir -p "$W"; cd "$W"
-fails=0; passes=0
-ok() { echo "ok: $*"; passes=$((passes+1)); }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
-PY=""
-for p in /usr/bin/python3 python3; do $p -c "import h5py" 2>/dev/null && { PY=$p; break; }; done
-[[ -n $PY ]] || { echo "SKIP: no python3 with h5py"; exit 0; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" "$@"
+need_h5py
 mpi=("$MPIRUN" --oversubscribe --bind-to none -np 2)
 
 small=(--num-layers 1 --hidden-size 32 --num-attention-heads 4 --seq-length 16 --vocab-size 64

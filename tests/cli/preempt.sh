@@ -6,21 +6,13 @@
 # a grid, which records the interrupted runs in grid.json and resumes them when re-run.
 # usage: preempt.sh path/to/lossytp workdir
 set -u
-L=$1; W=$2
-MPIRUN=${MPIRUN:-mpirun}
-rm -rf "$W"; mkdir -p "$W"; cd "$W"
-fails=0; passes=0
-ok() { echo "ok: $*"; passes=$((passes+1)); }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
-PY=/usr/bin/python3
-$PY -c "import h5py" 2>/dev/null || { echo "SKIPPED: /usr/bin/python3 has no h5py (apt-get install python3-h5py)"; exit 77; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" "$@"
+need_h5py
 
 small=(--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --vocab-size 128
        --micro-batch-size 4 --train-iters 200 --log-interval 1 --eval-interval 50 --eval-iters 1
        --threads 1 --net ge:preset=one)
 
-# wait_line FILE REGEX: until a line of FILE matches (60 s at most)
-wait_line() { for _ in $(seq 600); do grep -qE "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # check_interrupted DIR LOG: status, a checkpoint at the last iteration in metrics.h5
 check_interrupted() {

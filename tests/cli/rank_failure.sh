@@ -5,14 +5,8 @@
 # goes on.
 # usage: rank_failure.sh path/to/lossytp workdir
 set -u
-L=$1; W=$2
-MPIRUN=${MPIRUN:-mpirun}
-rm -rf "$W"; mkdir -p "$W"; cd "$W"
-fails=0; passes=0
-ok() { echo "ok: $*"; passes=$((passes+1)); }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
-PY=/usr/bin/python3
-$PY -c "import h5py" 2>/dev/null || { echo "SKIPPED: /usr/bin/python3 has no h5py (apt-get install python3-h5py)"; exit 77; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" "$@"
+need_h5py
 
 small=(--num-layers 1 --hidden-size 32 --num-attention-heads 4 --seq-length 16 --vocab-size 64
        --micro-batch-size 2 --train-iters 50 --threads 1 --quiet --tp 2
