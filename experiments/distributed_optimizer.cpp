@@ -23,11 +23,11 @@ void DistributedOptimizer::reduce_scatter_grads(Comm& dp) {
 double DistributedOptimizer::grad_sq_contribution() const {
   // Per element range: the part of each parameter inside this block (padding between
   // parameters and at the end is skipped; it is zero anyway). Replicated parameters count on
-  // TP rank 0 only, so the TP sum sees them once.
+  // TP rank 0 only, so the TP sum sees them once; pipeline copies never.
   std::vector<std::pair<const float*, size_t>> spans;
   const size_t end = begin_ + n_;
   for (const ParamSpec& s : params_.specs()) {
-    if (s.shard_dim < 0 && params_.tp_rank() != 0) continue;
+    if ((s.shard_dim < 0 && params_.tp_rank() != 0) || s.pipeline_copy) continue;
     const size_t lo = std::max(s.offset, begin_), hi = std::min(s.offset + s.numel(), end);
     if (lo < hi) spans.emplace_back(grad_.data() + (lo - begin_), hi - lo);
   }

@@ -1,5 +1,7 @@
 #include "experiments/dry_run.h"
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstdio>
 
@@ -31,13 +33,18 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
   opt.caat = spec.caat;
   opt.caat_p = spec.caat_p;
   opt.sequence_parallel = cfg.sequence_parallel && cfg.tp > 1;
-  GPTModel model(cfg.model, 0, cfg.tp, opt, cfg.compute(), /*allocate=*/false);
+  // Pipeline parallelism: the first stage, which keeps the most micro-batches in flight (the
+  // warmup of Megatron's schedules, plus the one in its steady state).
+  const int V = cfg.pipeline_chunks();
+  GPTModel model(cfg.model, 0, cfg.tp, opt, cfg.compute(), /*allocate=*/false, PipelineStage{0, cfg.pp, V});
   model.set_recompute(cfg.recompute);
   GPTModel& m = model;
   const int mb = cfg.micro_batch_size, T = cfg.model.seq_length, n_micro = cfg.num_micro_batches();
   long long per_rank = 0;
   for (const ParamSpec& s : m.params().specs()) per_rank += static_cast<long long>(s.numel());
-  MemoryEstimate mem = model.memory_estimate(mb, T);
+  const int in_flight = V > 1 ? std::min((cfg.pp - 1) * 2 + (V - 1) * cfg.pp + 1, n_micro * V)
+                              : std::min(cfg.pp, n_micro);
+  MemoryEstimate mem = model.memory_estimate(mb, T, cfg.pp > 1 ? in_flight : 1);
   // --use-distributed-optimizer: AdamW state for one DP shard of the (padded) arena, plus the
   // reduce-scattered gradient shard.
   const bool zero = cfg.use_distributed_optimizer && cfg.dp > 1;
@@ -54,7 +61,7 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
   j["parameters_per_rank"] = per_rank;
   j["vocab_size"] = cfg.model.vocab_size;
   j["padded_vocab_size"] = cfg.model.padded_vocab_size(cfg.tp);
-  j["layout"] = {{"tp", cfg.tp}, {"dp", cfg.dp}, {"world", cfg.tp * cfg.dp},
+  j["layout"] = {{"tp", cfg.tp}, {"dp", cfg.dp}, {"pp", cfg.pp}, {"world", cfg.tp * cfg.dp * cfg.pp},
                  {"micro_batch_size", mb}, {"global_batch_size", cfg.global_batch_size},
                  {"micro_batches_per_iteration", n_micro}};
   j["memory_bytes_per_rank"] = mem.total();
@@ -119,8 +126,8 @@ std::string describe_plan(const nlohmann::json& j) {
                 c["untie-embeddings-and-output-weights"].get<bool>() ? "untied" : "tied");
   s += b;
   const auto& l = j["layout"];
-  std::snprintf(b, sizeof b, "layout: tp %d x dp %d = %d ranks; micro-batch %d, global batch %d (%d micro-batches per iteration)\n",
-                l["tp"].get<int>(), l["dp"].get<int>(), l["world"].get<int>(), l["micro_batch_size"].get<int>(),
+  std::snprintf(b, sizeof b, "layout: tp %d x dp %d x pp %d = %d ranks; micro-batch %d, global batch %d (%d micro-batches per iteration)\n",
+                l["tp"].get<int>(), l["dp"].get<int>(), l.value("pp", 1), l["world"].get<int>(), l["micro_batch_size"].get<int>(),
                 l["global_batch_size"].get<int>(), l["micro_batches_per_iteration"].get<int>());
   s += b;
   const auto& m = j["memory_per_rank"];

@@ -52,6 +52,7 @@ std::string normalise_key(std::string k) {
 std::string id_key(const std::string& k) {
   static const std::map<std::string, std::string> alias = {
       {"tensor-model-parallel-size", "tp"}, {"data-parallel-size", "dp"},
+      {"pipeline-model-parallel-size", "pp"},
       {"micro-batch-size", "mbs"},          {"global-batch-size", "gbs"},
       {"num-layers", "layers"},             {"hidden-size", "hidden"},
       {"num-attention-heads", "heads"},     {"seq-length", "seq"}};
@@ -321,7 +322,8 @@ int run_grid(const GridOptions& opt) {
     for (GridRun& r : grid.runs) {
       const int avail = opt.virtual_ranks > 0 ? opt.virtual_ranks : W;
       if (r.ranks() > avail)
-        throw std::invalid_argument("run '" + r.id + "' needs tp x dp = " + std::to_string(r.ranks()) +
+        throw std::invalid_argument("run '" + r.id + "' needs tp x dp" + (r.cfg.cp > 1 ? " x cp" : "") +
+                                    (r.cfg.pp > 1 ? " x pp" : "") + " = " + std::to_string(r.ranks()) +
                                     " ranks but the job has " + std::to_string(avail) +
                                     (opt.virtual_ranks > 0 ? " (--virtual-ranks)" : " (launch with mpirun -np N, or add --virtual-ranks N)"));
       const std::string key = data_key(r.cfg);

@@ -22,7 +22,7 @@ struct GridRun {
   std::string id;
   TrainConfig cfg;       // resolved; cfg.out = DIR/<id>
   nlohmann::json swept;  // the values this run's id is made of, keyed by config key
-  int ranks() const { return cfg.tp * cfg.dp; }
+  int ranks() const { return cfg.tp * cfg.cp * cfg.dp * cfg.pp; }
 };
 
 struct Grid {

@@ -579,7 +579,7 @@ void export_run(const std::string& run_dir, const std::string& out_dir, ExportDT
   }
   ModelConfig m;
   auto get = [&](const char* k, auto def) { return saved.contains(k) ? saved[k].get<decltype(def)>() : def; };
-  int tp = 1, dp = 1;
+  int tp = 1, dp = 1, pp = 1, vp_layers = 0, cp = 1;
   try {
     m.vocab_size = get("vocab-size", m.vocab_size);
     m.seq_length = get("seq-length", m.seq_length);
@@ -611,6 +611,9 @@ void export_run(const std::string& run_dir, const std::string& out_dir, ExportDT
     m.make_vocab_size_divisible_by = get("make-vocab-size-divisible-by", 128);
     tp = get("tensor-model-parallel-size", 1);
     dp = get("data-parallel-size", 1);
+    pp = get("pipeline-model-parallel-size", 1);
+    cp = get("context-parallel-size", 1);
+    vp_layers = get("num-layers-per-virtual-pipeline-stage", 0);
   } catch (const std::exception& e) {
     throw std::runtime_error("--load " + run_dir + ": the checkpoint's config.json is not a lossytp run's (" + e.what() + ")");
   }
@@ -618,7 +621,7 @@ void export_run(const std::string& run_dir, const std::string& out_dir, ExportDT
   const std::string arch = architecture_of(m, &why);
   if (arch.empty()) throw std::runtime_error("--load " + run_dir + ": the run's model cannot be exported: " + why);
 
-  const ResumePoint rp = find_resume_point(run_dir, tp * dp);
+  const ResumePoint rp = find_resume_point(run_dir, tp * cp * dp * pp);
   if (rp.iteration < 0) {
     std::string p;
     for (const auto& s : rp.problems) p += (p.empty() ? "" : "; ") + s;
@@ -626,8 +629,8 @@ void export_run(const std::string& run_dir, const std::string& out_dir, ExportDT
   }
   if (!quiet) {
     for (const auto& s : rp.problems) std::printf("warning: %s\n", s.c_str());
-    std::printf("export: %s, checkpoint of iteration %lld (tp %d, dp %d: replica 0) -> %s as %s (%s)\n",
-                run_dir.c_str(), static_cast<long long>(rp.iteration), tp, dp, out_dir.c_str(), arch.c_str(),
+    std::printf("export: %s, checkpoint of iteration %lld (tp %d, dp %d, pp %d: replica 0) -> %s as %s (%s)\n",
+                run_dir.c_str(), static_cast<long long>(rp.iteration), tp, dp, pp, out_dir.c_str(), arch.c_str(),
                 dtype == ExportDType::BF16 ? "bf16" : "fp32");
     std::fflush(stdout);
   }
@@ -639,33 +642,41 @@ void export_run(const std::string& run_dir, const std::string& out_dir, ExportDT
   if (!overwrite && (fs::exists(out / "model.safetensors", ec) || fs::exists(out / "config.json", ec)))
     throw std::runtime_error("--hf " + out_dir + " already holds a model; choose another folder or pass --overwrite");
 
-  // Every TP rank's shard (DP replica 0: ranks 0 .. tp-1), placed into the full tensors.
-  std::vector<std::vector<float>> arenas(static_cast<size_t>(tp));
-  std::vector<std::unique_ptr<GPTModel>> layouts;
-  for (int r = 0; r < tp; ++r) {
-    int file_tp_rank = -1, file_tp = -1;
-    arenas[r] = read_checkpoint_values(run_dir, r, rp.iteration, &file_tp_rank, &file_tp);
-    layouts.push_back(std::make_unique<GPTModel>(m, r, tp, TPOptions{}, Compute{}, false));
-    if (file_tp_rank != r || file_tp != tp || arenas[r].size() != layouts.back()->params().numel())
-      throw std::runtime_error("checkpoint file " + checkpoint_file(run_dir, r, rp.iteration) +
-                               " does not hold TP rank " + std::to_string(r) + " of " + std::to_string(tp) +
-                               " of the model its config.json describes");
-  }
+  // Every TP rank's shard of every pipeline stage (DP replica 0, CP rank 0),
+  // placed into the full tensors. A stage's copy of the tied embedding is the first stage's.
   const Names nm{arch, "transformer.", m};
   std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> tensors;
   const Writer put = [&](const std::string& name, std::vector<int64_t> shape, std::vector<float> v) {
     tensors[name] = {std::move(shape), std::move(v)};
   };
-  const auto& specs0 = layouts[0]->params().specs();
-  for (size_t i = 0; i < specs0.size(); ++i) {
-    size_t numel = 1;
-    for (int64_t d : specs0[i].full) numel *= static_cast<size_t>(d);
-    std::vector<float> full(numel);
+  const int chunks = vp_layers > 0 && pp > 1 ? m.num_layers / (pp * vp_layers) : 1;
+  std::vector<std::vector<float>> arenas(static_cast<size_t>(tp));
+  for (int stage = 0; stage < pp; ++stage) {
+    std::vector<std::unique_ptr<GPTModel>> layouts;
     for (int r = 0; r < tp; ++r) {
-      const ParamSpec& s = layouts[r]->params().spec(static_cast<int>(i));
-      place_shard(s, r, tp, arenas[r].data() + s.offset, full.data());
+      const int rank = r + tp * cp * dp * stage;  // CP and DP rank 0
+      int file_tp_rank = -1, file_tp = -1;
+      arenas[r] = read_checkpoint_values(run_dir, rank, rp.iteration, &file_tp_rank, &file_tp);
+      layouts.push_back(std::make_unique<GPTModel>(m, r, tp, TPOptions{}, Compute{}, false,
+                                                   PipelineStage{stage, pp, chunks}));
+      if (file_tp_rank != r || file_tp != tp || arenas[r].size() != layouts.back()->params().numel())
+        throw std::runtime_error("checkpoint file " + checkpoint_file(run_dir, rank, rp.iteration) +
+                                 " does not hold TP rank " + std::to_string(r) + " of " + std::to_string(tp) +
+                                 (pp > 1 ? " of pipeline stage " + std::to_string(stage) : "") +
+                                 " of the model its config.json describes");
     }
-    to_hf(nm, specs0[i], full, put);
+    const auto& specs0 = layouts[0]->params().specs();
+    for (size_t i = 0; i < specs0.size(); ++i) {
+      if (specs0[i].pipeline_copy) continue;
+      size_t numel = 1;
+      for (int64_t d : specs0[i].full) numel *= static_cast<size_t>(d);
+      std::vector<float> full(numel);
+      for (int r = 0; r < tp; ++r) {
+        const ParamSpec& s = layouts[r]->params().spec(static_cast<int>(i));
+        place_shard(s, r, tp, arenas[r].data() + s.offset, full.data());
+      }
+      to_hf(nm, specs0[i], full, put);
+    }
   }
   arenas.clear();
   const auto want = nm.tensors();

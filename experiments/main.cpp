@@ -65,6 +65,7 @@ std::string default_out_dir(const TrainConfig& c) {
   }
   MPI_Bcast(stamp, sizeof stamp, MPI_CHAR, 0, MPI_COMM_WORLD);
   return "runs/" + c.model_preset + "-tp" + std::to_string(c.tp) + "-dp" + std::to_string(c.dp) +
+         (c.cp > 1 ? "-cp" + std::to_string(c.cp) : "") + (c.pp > 1 ? "-pp" + std::to_string(c.pp) : "") +
          "-" + stamp;
 }
 
@@ -81,8 +82,12 @@ std::string check_resumable(const TrainConfig& cfg) {
     const nlohmann::json gpt2 = {{"group-query-attention", false}, {"normalization", "LayerNorm"},
                                  {"position-embedding-type", "learned_absolute"}, {"attention", "softmax"}, {"attention-pattern", nullptr}, {"use-rope-scaling", false},
                                  {"swiglu", false}, {"disable-bias-linear", false},
-                                 {"untie-embeddings-and-output-weights", false}};
-    for (const char* k : {"tensor-model-parallel-size", "data-parallel-size", "vocab-size", "seq-length",
+                                 {"untie-embeddings-and-output-weights", false},
+                                 {"pipeline-model-parallel-size", 1}, {"num-layers-per-virtual-pipeline-stage", 0},
+                                 {"context-parallel-size", 1}, {"cp-comm-type", "p2p"}};
+    for (const char* k : {"tensor-model-parallel-size", "data-parallel-size", "pipeline-model-parallel-size",
+                          "context-parallel-size", "cp-comm-type",
+                          "num-layers-per-virtual-pipeline-stage", "vocab-size", "seq-length",
                           "num-layers", "hidden-size", "num-attention-heads", "ffn-hidden-size",
                           "group-query-attention", "num-query-groups", "normalization",
                           "position-embedding-type", "rotary-percent", "use-rope-scaling", "attention", "attention-pattern", "swiglu",
@@ -93,15 +98,16 @@ std::string check_resumable(const TrainConfig& cfg) {
         return "--load " + cfg.load + ": the checkpoint has " + k + " = " + saved.value(k, gpt2.value(k, nlohmann::json())).dump() +
                ", this run " + now.value(k, gpt2.value(k, nlohmann::json())).dump();
     // the optimizer state's layout (experiments/checkpoint.h): whole, or sharded over DP
-    const bool saved_zero = saved.value("use-distributed-optimizer", false) && saved.value("data-parallel-size", 1) > 1;
-    if (saved_zero != (cfg.use_distributed_optimizer && cfg.dp > 1))
+    const bool saved_zero = saved.value("use-distributed-optimizer", false) &&
+                            saved.value("data-parallel-size", 1) * saved.value("context-parallel-size", 1) > 1;
+    if (saved_zero != (cfg.use_distributed_optimizer && cfg.dp * cfg.cp > 1))
       return "--load " + cfg.load + ": the checkpoint was written " + (saved_zero ? "with" : "without") +
              " --use-distributed-optimizer (its optimizer state " + (saved_zero ? "sharded over DP" : "whole on every rank") +
              "); resume " + (saved_zero ? "with" : "without") + " it";
   } catch (const std::exception& e) {
     return "--load " + cfg.load + ": cannot read the checkpoint's config.json (" + e.what() + ")";
   }
-  const ResumePoint rp = find_resume_point(cfg.load, cfg.tp * cfg.dp);
+  const ResumePoint rp = find_resume_point(cfg.load, cfg.tp * cfg.cp * cfg.dp * cfg.pp);
   std::string problems;
   for (const auto& p : rp.problems) problems += (problems.empty() ? "" : "; ") + p;
   if (rp.iteration < 0) return "--load " + cfg.load + ": no intact checkpoint: " + problems;

@@ -5,6 +5,8 @@
 #include "experiments/hf_checkpoint.h"
 
 #include "experiments/eval_task.h"
+#include "experiments/pipeline_schedule.h"
+#include "models/context_parallel.h"
 #include "kernels/ops.h"
 #include "models/layer_spec.h"
 #include "netmodels/netmodel.h"
@@ -61,6 +63,12 @@ nlohmann::json TrainConfig::to_json() const {
   j["init-method-std"] = clean(model.init_std);
   j["tensor-model-parallel-size"] = tp;
   j["data-parallel-size"] = dp;
+  if (pp > 1) j["pipeline-model-parallel-size"] = pp;
+  if (cp > 1) {  // absent when off, as above
+    j["context-parallel-size"] = cp;
+    j["cp-comm-type"] = cp_comm_type;
+  }  // absent when off: older configs compare equal
+  if (vp_layers > 0) j["num-layers-per-virtual-pipeline-stage"] = vp_layers;
   j["micro-batch-size"] = micro_batch_size;
   j["global-batch-size"] = global_batch_size;
   j["lr"] = clean(lr);
@@ -167,7 +175,23 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.add_option("--tensor-model-parallel-size,--tp", c.tp, "tensor-parallel ranks per model")
       ->capture_default_str();
   app.add_option("--data-parallel-size,--dp", c.dp,
-                 "model replicas (default: world size / tp)");
+                 "model replicas (default: world size / (tp x pp))");
+  app.add_option("--pipeline-model-parallel-size,--pp", c.pp,
+                 "pipeline stages: the layers split evenly over them, activations and their gradients "
+                 "sent point-to-point between stages (sites pp.fwd, pp.bwd) with 1F1B (default 1)")
+      ->capture_default_str();
+  app.add_option("--context-parallel-size,--cp", c.cp,
+                 "context-parallel ranks: each holds 2 of 2 x cp chunks of every sequence (Megatron's load "
+                 "balance); attention communicates K/V over them (sites *.kv.*, *.a2a.*); gradients reduced "
+                 "over dp x cp (default 1)")
+      ->capture_default_str();
+  app.add_option("--cp-comm-type", c.cp_comm_type,
+                 "context-parallel attention: p2p (ring of K/V blocks), all_gather (K/V gathered) or a2a "
+                 "(Ulysses all-to-all, heads split over cp)")
+      ->capture_default_str();
+  app.add_option("--num-layers-per-virtual-pipeline-stage", c.vp_layers,
+                 "layers per model chunk: each stage holds (layers / pp) / N chunks, run with "
+                 "Megatron's interleaved 1F1B schedule (micro-batches a multiple of pp)");
   app.add_option("--micro-batch-size", c.micro_batch_size,
                  "sequences per micro-batch per rank (default: preset's)");
   app.add_option("--global-batch-size", c.global_batch_size,
@@ -329,8 +353,9 @@ TrainConfig train_config_from_keys(const std::vector<std::pair<std::string, std:
     throw std::invalid_argument(where + ": " + e.what());
   }
   try {
-    // A run's world is its own tp x dp (dp defaults to 1 here, not to the job's size).
-    const int world = std::max(1, opts.cfg.tp) * std::max(1, opts.cfg.dp);
+    // A run's world is its own tp x cp x dp x pp (dp defaults to 1 here, not to the job's size).
+    const int world = std::max(1, opts.cfg.tp) * std::max(1, opts.cfg.cp) * std::max(1, opts.cfg.dp) *
+                      std::max(1, opts.cfg.pp);
     return finish_train_config(opts, world);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(where + ": " + e.what());
@@ -475,13 +500,19 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
 
   if (c.tp < 1) bad("--tensor-model-parallel-size must be >= 1, got " + std::to_string(c.tp));
   if (c.dp < 0) bad("--data-parallel-size must be >= 1, got " + std::to_string(c.dp));
-  if (world % c.tp != 0)
+  if (c.pp < 1) bad("--pipeline-model-parallel-size must be >= 1, got " + std::to_string(c.pp));
+  if (c.cp < 1) bad("--context-parallel-size must be >= 1, got " + std::to_string(c.cp));
+  if (c.vp_layers < 0) bad("--num-layers-per-virtual-pipeline-stage must be >= 1, got " + std::to_string(c.vp_layers));
+  const std::string pp_text = (c.cp > 1 ? " x --context-parallel-size " + std::to_string(c.cp) : "") +
+                              (c.pp > 1 ? " x --pipeline-model-parallel-size " + std::to_string(c.pp) : "");
+  const int model_ranks = c.tp * c.cp * c.pp;
+  if (world % model_ranks != 0)
     bad("world size " + std::to_string(world) + " (mpirun -np or --virtual-ranks) is not divisible by --tensor-model-parallel-size " +
-        std::to_string(c.tp));
-  if (c.dp == 0) c.dp = world / c.tp;
-  if (c.tp * c.dp != world)
+        std::to_string(c.tp) + pp_text);
+  if (c.dp == 0) c.dp = world / model_ranks;
+  if (model_ranks * c.dp != world)
     bad("--tensor-model-parallel-size " + std::to_string(c.tp) + " x --data-parallel-size " +
-        std::to_string(c.dp) + " = " + std::to_string(c.tp * c.dp) + " ranks, but the world has " +
+        std::to_string(c.dp) + pp_text + " = " + std::to_string(model_ranks * c.dp) + " ranks, but the world has " +
         std::to_string(world) + " (mpirun -np or --virtual-ranks)");
   c.model.validate(c.tp);
   attention_factory(c.model.attention);  // an unknown --attention names the known ones
@@ -564,6 +595,53 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   if (given("--recompute-num-layers") && !c.recompute.full())
     bad("--recompute-num-layers applies to --recompute-granularity full only");
   c.recompute.validate(c.model.num_layers);
+  if (c.cp > 1 || c.cp_comm_type != "p2p") {
+    try {
+      check_cp_comm_type(c.cp_comm_type);
+    } catch (const std::invalid_argument& e) {
+      bad(e.what());
+    }
+  }
+  if (c.cp > 1) {
+    const std::string cp_flag = "--context-parallel-size " + std::to_string(c.cp);
+    if (c.model.seq_length % (2 * c.cp) != 0)
+      bad("--seq-length " + std::to_string(c.model.seq_length) + " is not divisible by 2 x " + cp_flag +
+          " (each rank holds 2 of 2 x cp equal chunks of every sequence)");
+    if (c.cp_comm_type == "a2a") {
+      const int heads = c.model.num_attention_heads / c.tp, groups = c.model.query_groups() / c.tp;
+      if (heads % c.cp != 0 || groups % c.cp != 0)
+        bad("--cp-comm-type a2a splits the attention heads over the CP ranks: the " + std::to_string(heads) +
+            " query heads and " + std::to_string(groups) + " K/V groups per TP rank (--num-attention-heads / "
+            "--num-query-groups / --tensor-model-parallel-size) must be divisible by " + cp_flag);
+    }
+    for (int l = 0; l < c.model.num_layers; ++l)
+      if (c.model.attention_of(l) != "softmax")
+        bad("--context-parallel-size > 1 works with softmax attention only; layer " + std::to_string(l) + " uses '" +
+            c.model.attention_of(l) + "' (--attention / --attention-pattern)");
+    if (!c.recompute.granularity.empty())
+      bad("--recompute-granularity is not supported with context parallelism yet");
+    if (!c.eval_task.empty()) bad("--eval-task is not supported with context parallelism yet (the eval loss is)");
+  }
+  if (c.vp_layers > 0 && c.pp == 1)
+    bad("--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1");
+  if (c.pp > 1) {
+    if (c.model.num_layers % c.pp != 0)
+      bad("--num-layers " + std::to_string(c.model.num_layers) + " is not divisible by --pipeline-model-parallel-size " +
+          std::to_string(c.pp) + " (the layers are split evenly over the stages)");
+    if (c.vp_layers > 0 && (c.model.num_layers / c.pp) % c.vp_layers != 0)
+      bad("--num-layers-per-virtual-pipeline-stage " + std::to_string(c.vp_layers) + " does not divide the " +
+          std::to_string(c.model.num_layers / c.pp) + " layers of each of the " + std::to_string(c.pp) +
+          " pipeline stages");
+    try {
+      pipeline::validate(c.pp, c.pipeline_chunks(), c.num_micro_batches());
+    } catch (const std::invalid_argument& e) {
+      bad(e.what());
+    }
+    if (c.recompute.full())
+      bad("--recompute-granularity full is not supported with pipeline parallelism yet (selective is)");
+    if (!c.eval_task.empty())
+      bad("--eval-task is not supported with pipeline parallelism yet (the eval loss is)");
+  }
   c.data.vocab_size = c.model.vocab_size;
   return c;
 }

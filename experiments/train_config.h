@@ -26,6 +26,10 @@ struct TrainConfig {
   ModelConfig model;
   int tp = 1;
   int dp = 0;  // 0: derived from the world size
+  int pp = 1;  // pipeline stages (experiments/pipeline.h)
+  int cp = 1;  // context-parallel ranks per sequence (models/context_parallel.h)
+  std::string cp_comm_type = "p2p";  // p2p, all_gather or a2a
+  int vp_layers = 0;  // --num-layers-per-virtual-pipeline-stage (0: no interleaving)
   int micro_batch_size = 8;
   int global_batch_size = 0;  // 0: micro_batch_size * dp
   float lr = 1e-3f;
@@ -72,6 +76,8 @@ struct TrainConfig {
 
   // Micro-batches each DP rank runs per iteration (gradient accumulation steps).
   int num_micro_batches() const { return global_batch_size / (micro_batch_size * dp); }
+  // Model chunks per pipeline stage (> 1: the interleaved schedule).
+  int pipeline_chunks() const { return vp_layers > 0 && pp > 1 ? model.num_layers / (pp * vp_layers) : 1; }
   Compute compute() const { return {device == "cuda" ? Device::CUDA : Device::CPU, bf16}; }
   nlohmann::json to_json() const;
 };

@@ -18,6 +18,7 @@
 #include "experiments/hf_checkpoint.h"
 #include "experiments/lr_schedule.h"
 #include "experiments/metrics_file.h"
+#include "experiments/pipeline.h"
 #include "experiments/run_control.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
@@ -25,6 +26,7 @@
 #include "kernels/cuda/ops.h"
 #endif
 #include "models/adamw.h"
+#include "models/context_parallel.h"
 #include "experiments/checkpoint.h"
 #include "models/gpt.h"
 #include "netmodels/netmodel.h"
@@ -50,19 +52,35 @@ std::string format_duration(double s) {
 // The micro-batches of one global batch that this DP rank trains on: samples
 // [dp_rank * per_rank, (dp_rank + 1) * per_rank) of the global batch, in order.
 // A loss mask (empty: none) turns the targets it excludes into -1 (ignored: no loss, no gradient).
+// Context parallelism: x and y hold this CP rank's two chunks of each sequence (cp_position).
 struct Batcher {
   const std::vector<int32_t>& split;
   const std::vector<uint8_t>& mask;
   uint64_t seed, stream;
   int T, mb, per_rank, dp_rank, global;
   std::vector<int32_t> x, y;
+  int cp = 1, cp_rank = 0;
+  std::vector<int32_t> full_x, full_y;  // context parallelism: the whole sequences
+  int local_T() const { return T / cp; }
   void fill(int64_t iteration, int micro) {
-    x.resize(static_cast<size_t>(mb) * T);
-    y.resize(static_cast<size_t>(mb) * T);
+    std::vector<int32_t>& fx = cp > 1 ? full_x : x;
+    std::vector<int32_t>& fy = cp > 1 ? full_y : y;
+    fx.resize(static_cast<size_t>(mb) * T);
+    fy.resize(static_cast<size_t>(mb) * T);
     for (int b = 0; b < mb; ++b) {
       int64_t sample = static_cast<int64_t>(dp_rank) * per_rank + static_cast<int64_t>(micro) * mb + b;
-      fill_sequence(split, mask, seed, stream, iteration, sample, T, x.data() + b * T, y.data() + b * T);
+      fill_sequence(split, mask, seed, stream, iteration, sample, T, fx.data() + b * T, fy.data() + b * T);
     }
+    if (cp == 1) return;
+    const int Tl = local_T(), Tc = Tl / 2;
+    x.resize(static_cast<size_t>(mb) * Tl);
+    y.resize(static_cast<size_t>(mb) * Tl);
+    for (int b = 0; b < mb; ++b)
+      for (int r = 0; r < Tl; ++r) {
+        const size_t from = static_cast<size_t>(b) * T + cp_position(r, Tc, cp_rank, cp);
+        x[static_cast<size_t>(b) * Tl + r] = full_x[from];
+        y[static_cast<size_t>(b) * Tl + r] = full_y[from];
+      }
   }
   // Targets of the whole global batch of `iteration` that count in the loss: each rank computes
   // it alone (batches are a pure function of their indices), so no collective. Exactly
@@ -106,6 +124,19 @@ SiteCounters log_comm(MetricsFile& m, const std::map<std::string, SiteCounters>&
   return total;
 }
 
+// Simulated link time of the traffic after the micro-batches (gradient reductions and parameter
+// gathers: sites dp.*, pp.embed.grad, replicated.grad) this iteration on this rank.
+double sim_seconds_after_micro_batches(const std::map<std::string, SiteCounters>& before,
+                                       const std::map<std::string, SiteCounters>& after) {
+  double s = 0.0;
+  for (const auto& [site, c] : after) {
+    if (site.rfind("dp.", 0) != 0 && site != "pp.embed.grad" && site != "replicated.grad") continue;
+    const auto b = before.find(site);
+    s += c.sim_seconds - (b != before.end() ? b->second.sim_seconds : 0.0);
+  }
+  return s;
+}
+
 }  // namespace
 
 // This process's index among the processes of its node. The launcher's own count over the whole
@@ -134,6 +165,10 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, MPI_Comm ru
     const int gpus = cuda::device_count();
     if (gpus < 1) throw std::runtime_error("--device cuda: no CUDA GPU is visible to rank " + std::to_string(r.rank));
     cuda::set_device(local % gpus);
+    // NCCL's sends wait for their receiver; the schedules need sends that do not.
+    if (cfg.pp > 1)
+      throw std::runtime_error("--pipeline-model-parallel-size > 1 with --device cuda over MPI ranks (NCCL) is not "
+                               "supported yet; virtual ranks (--virtual-ranks N) run it on one GPU");
     r.make_groups = [run_comm](const Layout& l) { return make_nccl_groups(run_comm, l); };
 #elif defined(LOSSYTP_HAVE_CUDA)
     throw std::runtime_error("--device cuda over MPI ranks needs NCCL, and this build has CUDA without it "
@@ -176,23 +211,26 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     clear_failure_marks(cfg.out);
   }
   ranks.run->barrier();
-  const Layout layout = Layout::make(world, rank, cfg.tp, cfg.dp);
+  const Layout layout = Layout::make(world, rank, cfg.tp, cfg.dp, cfg.pp, cfg.cp);
   auto groups = ranks.make_groups(layout);
   Comm& tp = *groups->tp;
   Comm& dp = *groups->dp;
-  if (tp.device() != cfg.compute().device || dp.device() != cfg.compute().device)
-    throw std::logic_error("the run's communicators work on another device than --device");
+  Comm& pp = *groups->pp;
+  Comm& cp = *groups->cp;
+  for (Comm* c : {&tp, &dp, &pp, &cp})
+    if (c->device() != cfg.compute().device)
+      throw std::logic_error("the run's communicators work on another device than --device");
   // Control traffic of the run (loss, divergence, checkpoints): never lossy, never counted.
   Backend& run = *ranks.run;
-  for (Backend* b : {&tp.backend(), &dp.backend(), &run}) {
+  for (Backend* b : {&tp.backend(), &dp.backend(), &pp.backend(), &cp.backend(), &run}) {
     b->set_timeout(cfg.comm_timeout);
     b->set_wait_check(peer_failure_check(cfg.out, rank));  // a failed peer ends the wait
   }
   auto net = std::make_shared<const net::NetSpec>(net::parse_net_spec(cfg.net));
-  tp.set_network(net, cfg.seed);
-  dp.set_network(net, cfg.seed);
-  tp.set_wire_bf16(cfg.bf16);
-  dp.set_wire_bf16(cfg.bf16);
+  for (Comm* c : {&tp, &dp, &pp, &cp}) {
+    c->set_network(net, cfg.seed);
+    c->set_wire_bf16(cfg.bf16);
+  }
   TPOptions tp_opt;
   tp_opt.caat = net->caat;
   tp_opt.caat_p = net->caat_p;
@@ -204,8 +242,10 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   // threads = 0 is resolved by the caller (it knows how many ranks share the node).
   cpu::set_num_threads(cfg.threads > 0 ? cfg.threads : 1);
 
-  GPTModel model(cfg.model, layout.tp_rank, layout.tp, tp_opt, cfg.compute());
+  GPTModel model(cfg.model, layout.tp_rank, layout.tp, tp_opt, cfg.compute(), true,
+                 PipelineStage{layout.pp_rank, layout.pp, cfg.pipeline_chunks()});
   model.set_recompute(cfg.recompute);
+  if (layout.cp > 1) model.set_context_parallel(cp, cfg.cp_comm_type);
   model.init(cfg.seed);
   ParamStore& params = model.params();
   if (!cfg.hf_checkpoint.empty() && cfg.load.empty()) {  // iteration-0 weights; a resume has its own
@@ -222,8 +262,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   }
   // --use-distributed-optimizer (DP > 1): AdamW state for this DP rank's shard only.
   std::unique_ptr<DistributedOptimizer> zero;
-  if (cfg.use_distributed_optimizer && layout.dp > 1)
-    zero = std::make_unique<DistributedOptimizer>(params, layout.dp, layout.dp_rank);
+  if (cfg.use_distributed_optimizer && dp.size() > 1)  // over DP x CP, as Megatron's dp-cp group
+    zero = std::make_unique<DistributedOptimizer>(params, dp.size(), dp.rank());
   AdamW opt = zero ? zero->make_adamw(cfg.adam) : AdamW(params, cfg.adam);
   const std::string config_json = cfg.to_json().dump();
 
@@ -244,10 +284,18 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   const int T = cfg.model.seq_length, mb = cfg.micro_batch_size;
   const int per_rank = cfg.global_batch_size / layout.dp;
   const int n_micro = cfg.num_micro_batches();
+  // Pipeline parallelism: the stage's schedule runs the micro-batches (experiments/pipeline.h).
+  std::optional<PipelineRunner> pipe;
+  if (layout.pp > 1) pipe.emplace(model, pp, n_micro);
   const double tokens_per_iter = static_cast<double>(cfg.global_batch_size) * T;
   const int gb = cfg.global_batch_size;
   Batcher train_data{corpus.train, corpus.train_mask, cfg.seed, 0, T, mb, per_rank, layout.dp_rank, gb, {}, {}};
   Batcher eval_data{corpus.val, corpus.val_mask, cfg.seed, 1, T, mb, per_rank, layout.dp_rank, gb, {}, {}};
+  for (Batcher* b : {&train_data, &eval_data}) {
+    b->cp = layout.cp;
+    b->cp_rank = layout.cp_rank;
+  }
+  const int Tl = train_data.local_T();  // the tokens of each sequence on this rank (CP: T / cp)
   std::optional<EvalTask> task;  // --eval-task (checked before the run by reconcile_data)
   if (!cfg.eval_task.empty()) task = load_eval_task(cfg.eval_task, cfg.model.vocab_size, T);
 
@@ -304,12 +352,22 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     std::printf("compute: %s, %s\n", cfg.device.c_str(),
                 cfg.bf16 ? "bf16 GEMM operands and collectives, fp32 master weights" : "fp32");
     std::printf("network: %s\n", net->describe().c_str());
-    if (!net->exact() && layout.tp * layout.dp == 1)
+    if (!net->exact() && layout.world == 1)
       std::printf("note: a single rank sends no messages: the network model has nothing to act on\n");
     if (cfg.sequence_parallel)
       std::printf(layout.tp > 1 ? "sequence parallel: each TP rank holds %d of the %d tokens of a micro-batch\n"
                                 : "note: --sequence-parallel does nothing with TP = 1 (as in Megatron)\n",
                   mb * T / layout.tp, mb * T);
+    if (layout.cp > 1)
+      std::printf("context parallel: each of %d CP ranks holds %d of the %d tokens of every sequence (chunks i and "
+                  "%d-i of %d), attention over --cp-comm-type %s\n",
+                  layout.cp, Tl, T, 2 * layout.cp - 1, 2 * layout.cp, cfg.cp_comm_type.c_str());
+    if (layout.pp > 1) {
+      const int V = cfg.pipeline_chunks(), per = cfg.model.num_layers / (layout.pp * V);
+      std::printf("pipeline: %d stages x %d model chunk%s of %d layer%s, %s schedule, %d micro-batches per step\n",
+                  layout.pp, V, V > 1 ? "s" : "", per, per > 1 ? "s" : "", V > 1 ? "interleaved 1F1B" : "1F1B",
+                  n_micro);
+    }
     std::printf("output: %s/metrics.h5\n", cfg.out.c_str());
     if (!fallback.empty()) std::printf("warning: %s\n", fallback.c_str());
     else if (start_it > 0) std::printf("resumed from the checkpoint of iteration %lld\n", static_cast<long long>(start_it));
@@ -320,13 +378,23 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     double sum = 0.0, counted = 0.0;
     for (int k = 0; k < cfg.eval_iters; ++k) {
       counted += eval_data.targets(k);
+      if (pipe) {
+        sum += pipe->eval_step([&](int m, std::vector<int32_t>& x, std::vector<int32_t>& y) {
+          eval_data.fill(k, m);
+          x = eval_data.x;
+          y = eval_data.y;
+        }, mb, Tl, tp);
+        continue;
+      }
       for (int m = 0; m < n_micro; ++m) {
         eval_data.fill(k, m);
-        sum += model.step(eval_data.x.data(), eval_data.y.data(), mb, T, tp, false, 0.0f);
+        sum += model.step(eval_data.x.data(), eval_data.y.data(), mb, Tl, tp, false, 0.0f);
       }
     }
-    // Every TP rank holds the same losses: sum over DP only.
+    // Every TP rank holds the same losses: sum over DP (x CP: each holds its rows' losses), and
+    // over the stages (the last has them).
     dp.backend().all_reduce_f64(&sum, 1, ReduceOp::Sum);
+    if (layout.pp > 1) pp.backend().all_reduce_f64(&sum, 1, ReduceOp::Sum);
     return sum / counted;  // mean over the counted targets (NaN if a loss mask leaves none)
   };
 
@@ -376,6 +444,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     const auto comm_before = groups->stats->sites();
     tp.begin_step(it);
     dp.begin_step(it);
+    pp.begin_step(it);
+    cp.begin_step(it);
     params.grads().zero();
     double loss_sum = 0.0;
     // The loss and gradient are the mean over the counted targets of the global batch (all of
@@ -383,10 +453,21 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     // masked gets zero gradient and a NaN loss that is not a divergence.
     const double counted = train_data.targets(it);
     const float grad_scale = counted > 0 ? static_cast<float>(1.0 / counted) : 0.0f;
-    for (int m = 0; m < n_micro; ++m) {
-      train_data.fill(it, m);
-      loss_sum += model.step(train_data.x.data(), train_data.y.data(), mb, T, tp, true, grad_scale);
+    const auto t_compute = Clock::now();
+    if (pipe) {
+      loss_sum = pipe->train_step([&](int m, std::vector<int32_t>& x, std::vector<int32_t>& y) {
+        train_data.fill(it, m);
+        x = train_data.x;
+        y = train_data.y;
+      }, mb, Tl, tp, grad_scale);
+      pipe->reduce_embedding_grads();  // site pp.embed.grad
+    } else {
+      for (int m = 0; m < n_micro; ++m) {
+        train_data.fill(it, m);
+        loss_sum += model.step(train_data.x.data(), train_data.y.data(), mb, Tl, tp, true, grad_scale);
+      }
     }
+    const double compute_s = std::chrono::duration<double>(Clock::now() - t_compute).count();
     model.reduce_partial_grads(tp);
     // Data parallelism: sum the replicas' gradients (each already scaled by 1/counted targets),
     // all of them, or with the distributed optimizer this rank's shard (reduce-scatter).
@@ -400,8 +481,9 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       sq = params.grad_sq_contribution();
     }
     // Global gradient norm over the full model: sharded parameters from every TP rank,
-    // replicated ones once.
+    // replicated ones once, every stage's.
     tp.backend().all_reduce_f64(&sq, 1, ReduceOp::Sum);
+    if (layout.pp > 1) pp.backend().all_reduce_f64(&sq, 1, ReduceOp::Sum);
     const double grad_norm = std::sqrt(sq);
     if (cfg.clip_grad > 0 && grad_norm > cfg.clip_grad) {
       const float s = static_cast<float>(cfg.clip_grad / (grad_norm + 1e-6));
@@ -416,7 +498,12 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       opt.step(lr);
     }
     dp.backend().all_reduce_f64(&loss_sum, 1, ReduceOp::Sum);
+    if (layout.pp > 1) pp.backend().all_reduce_f64(&loss_sum, 1, ReduceOp::Sum);  // the last stage's
     double loss = loss_sum / counted;
+    // The simulated step: the pipeline's timeline (bubble and inter-stage link times included),
+    // or the micro-batches' compute, then the link time of what follows them on this rank.
+    pipeline::Timeline timeline;
+    if (pipe) timeline = pipe->timeline();
     if (cfg.debug_nan_at == it + 1) loss = NAN;
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     result.train_loss.push_back(loss);
@@ -431,6 +518,10 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
       metrics->append("train/step_time_s", dt);
       const SiteCounters step = log_comm(*metrics, comm_before, groups->stats->sites(), iteration);
       metrics->append("train/sim_comm_s", step.sim_seconds);
+      const double after = sim_seconds_after_micro_batches(comm_before, groups->stats->sites());
+      const double sim_step = pipe ? timeline.span_s + after : compute_s + step.sim_seconds;
+      metrics->append("train/sim_step_s", sim_step);
+      metrics->append("train/pipeline_bubble", pipe ? timeline.bubble_fraction : 0.0);
     }
     // Under a lossy ring ranks can disagree: stop together when any rank sees a non-finite value.
     double bad = (counted > 0 && !std::isfinite(loss)) || !std::isfinite(grad_norm) ||

@@ -73,6 +73,36 @@ void attention_backward(Device d, float* dqkv, const float* dout, const float* q
                         const float* out, const float* lse, int B, int T, int NH, int NKV, int HD) {
   LOSSYTP_ON(d, attention_backward(dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD));
 }
+namespace {
+void cp_cpu_only(Device d) {
+  if (d != Device::CPU)
+    throw std::runtime_error("context parallelism is not yet implemented on CUDA");
+}
+}  // namespace
+void attention_block_forward(Device d, float* o, float* lse, const float* q, const float* k,
+                             const float* v, int B, int NH, int NKV, int Tq, int Tk, int HD,
+                             int q_pos, int k_pos) {
+  cp_cpu_only(d);
+  cpu::attention_block_forward(o, lse, q, k, v, B, NH, NKV, Tq, Tk, HD, q_pos, k_pos);
+}
+void attention_merge(Device d, float* o, float* lse, const float* o2, const float* lse2,
+                     size_t rows, int HD) {
+  cp_cpu_only(d);
+  cpu::attention_merge(o, lse, o2, lse2, rows, HD);
+}
+void attention_delta(Device d, float* delta, const float* dout, const float* o, size_t rows,
+                     int HD) {
+  cp_cpu_only(d);
+  cpu::attention_delta(delta, dout, o, rows, HD);
+}
+void attention_block_backward(Device d, float* dq, float* dk, float* dv, const float* q,
+                              const float* k, const float* v, const float* dout, const float* lse,
+                              const float* delta, int B, int NH, int NKV, int Tq, int Tk, int HD,
+                              int q_pos, int k_pos) {
+  cp_cpu_only(d);
+  cpu::attention_block_backward(dq, dk, dv, q, k, v, dout, lse, delta, B, NH, NKV, Tq, Tk, HD,
+                                q_pos, k_pos);
+}
 void semigroup_attention_forward(Device d, float* y, float* o, float* lse, const float* qkv, int B,
                                  int T, int NH, int HD, float t, float c) {
   if (d != Device::CPU) throw std::runtime_error("--attention semigroup is not yet implemented on CUDA");

@@ -42,6 +42,19 @@ void attention_forward(Device d, float* out, float* lse, const float* qkv, int B
                        int NKV, int HD);
 void attention_backward(Device d, float* dqkv, const float* dout, const float* qkv,
                         const float* out, const float* lse, int B, int T, int NH, int NKV, int HD);
+// Blockwise causal attention by global positions, for context parallelism (kernels/cpu/ops.h);
+// CPU only so far: a CUDA buffer throws std::runtime_error ("not yet implemented on CUDA").
+void attention_block_forward(Device d, float* o, float* lse, const float* q, const float* k,
+                             const float* v, int B, int NH, int NKV, int Tq, int Tk, int HD,
+                             int q_pos, int k_pos);
+void attention_merge(Device d, float* o, float* lse, const float* o2, const float* lse2,
+                     size_t rows, int HD);
+void attention_delta(Device d, float* delta, const float* dout, const float* o, size_t rows,
+                     int HD);
+void attention_block_backward(Device d, float* dq, float* dk, float* dv, const float* q,
+                              const float* k, const float* v, const float* dout, const float* lse,
+                              const float* delta, int B, int NH, int NKV, int Tq, int Tk, int HD,
+                              int q_pos, int k_pos);
 // Semigroup attention (kernels/cpu/ops.h); CPU only so far: a CUDA buffer throws
 // std::runtime_error ("not yet implemented on CUDA").
 void semigroup_attention_forward(Device d, float* y, float* o, float* lse, const float* qkv, int B,

@@ -180,4 +180,16 @@ int RecomputeOptions::unit_begin(int layer, int layers) const {
   return layer / num_layers * num_layers;  // uniform
 }
 
+void PipelineStage::validate(int layers) const {
+  if (stages < 1 || stage < 0 || stage >= stages || chunks < 1)
+    throw std::invalid_argument("pipeline stage " + std::to_string(stage) + " of " + std::to_string(stages) +
+                                " with " + std::to_string(chunks) + " chunks is not a stage");
+  if (layers % stages != 0)
+    throw std::invalid_argument("--num-layers " + std::to_string(layers) +
+                                " is not divisible by --pipeline-model-parallel-size " + std::to_string(stages));
+  if (layers % (stages * chunks) != 0)
+    throw std::invalid_argument("--num-layers-per-virtual-pipeline-stage: " + std::to_string(layers / stages) +
+                                " layers per stage do not split into " + std::to_string(chunks) + " model chunks");
+}
+
 }  // namespace lossytp

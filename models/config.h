@@ -86,6 +86,29 @@ struct TPOptions {
   int synced_channels(int C) const { return caat ? static_cast<int>(C * caat_p) : C; }
 };
 
+// Pipeline parallelism (--pipeline-model-parallel-size, experiments/pipeline.h): the part of the
+// model one rank holds. The layers are split evenly over stages x chunks "virtual stages"; chunk c
+// of stage s is virtual stage c * stages + s (Megatron's interleaved layout; chunks = 1 without
+// interleaving). The first stage holds the embeddings, the last the final norm and the output
+// layer (and, tied, its own copy of the embedding table, kept equal by summing the two copies'
+// gradients at site "pp.embed.grad").
+struct PipelineStage {
+  int stage = 0, stages = 1, chunks = 1;
+  bool first() const { return stage == 0; }
+  bool last() const { return stage == stages - 1; }
+  int layers_per_chunk(int layers) const { return layers / (stages * chunks); }
+  int chunk_begin(int c, int layers) const { return (c * stages + stage) * layers_per_chunk(layers); }
+  bool holds(int layer, int layers) const {
+    const int per = layers_per_chunk(layers);
+    return per > 0 && (layer / per) % stages == stage;
+  }
+  // The chunk whose forward starts from the tokens, and the one that ends in the loss.
+  bool first_virtual(int c) const { return first() && c == 0; }
+  bool last_virtual(int c) const { return last() && c == chunks - 1; }
+  // Throws std::invalid_argument naming the flags when the layers do not divide evenly.
+  void validate(int layers) const;
+};
+
 // Activation recompute, as Megatron's --recompute-granularity / --recompute-method /
 // --recompute-num-layers (docs/models.md). full: whole blocks run their forward again in the
 // backward from their saved inputs (uniform: the blocks in units of num_layers, only each

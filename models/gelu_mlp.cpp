@@ -23,8 +23,7 @@ class GeluMlp final : public BlockPart {
 
   void forward(float* out, const float* x, int B, int T, Comm& tp, Workspace& ws) override {
     const int N = B * T;
-    if (fc1_out_.numel() != static_cast<size_t>(N) * F_)
-      fc1_out_ = pool_ ? pool_->tensor("mlp.fc1", {N, F_}) : Tensor({N, F_}, dev_);
+    bind(N);
     float* act = ws.get("mlp.act", static_cast<size_t>(N) * F_);
     fc1_.forward(fc1_out_.data(), x, N, tp, ws);
     ops::gelu_forward(dev_, act, fc1_out_.data(), static_cast<size_t>(N) * F_);
@@ -34,6 +33,7 @@ class GeluMlp final : public BlockPart {
   void backward(float* dx, const float* dout, const float* x, int B, int T, Comm& tp,
                 Workspace& ws) override {
     const int N = B * T;
+    bind(N);  // the saved tensors of the pool in use (pipeline: this micro-batch's)
     const size_t NF = static_cast<size_t>(N) * F_;
     float* act = ws.get("mlp.act", NF);
     float* d_fc = ws.get("mlp.d_fc1", NF);
@@ -55,6 +55,10 @@ class GeluMlp final : public BlockPart {
   }
 
  private:
+  void bind(int N) {
+    if (fc1_out_.numel() != static_cast<size_t>(N) * F_)
+      fc1_out_ = pool_ ? pool_->tensor("mlp.fc1", {N, F_}) : Tensor({N, F_}, dev_);
+  }
   Device dev_;
   int F_;  // this rank's MLP channels
   ColumnParallelLinear fc1_;

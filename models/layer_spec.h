@@ -62,6 +62,13 @@ class BlockPart {
   // not its core's output, and recomputes it in backward (no communication inside the core).
   // Parts without a core ignore it. saved_floats/scratch_floats follow it.
   virtual void set_recompute_core(bool) {}
+  // Context parallelism (models/context_parallel.h): x holds this CP rank's rows of every sequence
+  // (T is then the local length); an attention communicates over `cp` with --cp-comm-type `type`.
+  // MLPs ignore it; an attention that cannot throws std::invalid_argument.
+  virtual void set_context_parallel(Comm* cp, const std::string& type) {
+    if (cp) throw std::invalid_argument("this part does not support context parallelism");
+    (void)type;
+  }
 };
 
 using PartFactory = std::unique_ptr<BlockPart> (*)(const PartContext&);

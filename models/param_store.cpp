@@ -128,7 +128,7 @@ void place_shard(const ParamSpec& s, int tp_rank, int tp_size, const float* loca
 double ParamStore::grad_sq_contribution() const {
   std::vector<std::pair<const float*, size_t>> spans;
   for (const ParamSpec& p : specs_)
-    if (p.shard_dim >= 0 || tp_rank_ == 0) spans.emplace_back(grads_.data() + p.offset, p.numel());
+    if (!p.pipeline_copy && (p.shard_dim >= 0 || tp_rank_ == 0)) spans.emplace_back(grads_.data() + p.offset, p.numel());
   return ops::sum_squares(device(), spans);
 }
 

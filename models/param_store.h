@@ -24,6 +24,9 @@ struct ParamSpec {
   Init init = Init::Normal;
   float std = 0.02f;
   bool weight_decay = true;
+  // A copy of a parameter another pipeline stage owns (the tied embedding table on the last
+  // stage): its gradient is left out of the global gradient norm, which counts the owner's.
+  bool pipeline_copy = false;
   size_t offset = 0;              // into the arenas, set by allocate()
   std::vector<int64_t> local;     // this rank's shape
   size_t numel() const;
@@ -52,6 +55,7 @@ class ParamStore {
   float* value(int i) { return values_.data() + specs_[i].offset; }
   float* grad(int i) { return grads_.data() + specs_[i].offset; }
   const ParamSpec& spec(int i) const { return specs_[i]; }
+  void mark_pipeline_copy(int i) { specs_[i].pipeline_copy = true; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   Tensor& values() { return values_; }
   Tensor& grads() { return grads_; }
@@ -68,7 +72,8 @@ class ParamStore {
   Device device() const { return compute_.device; }
 
   // Sum of squared gradients this rank contributes to the global norm: sharded parameters
-  // always, replicated ones only on tp_rank 0 so the TP all-reduce counts them once.
+  // always, replicated ones only on tp_rank 0 so the TP all-reduce counts them once; pipeline
+  // copies never.
   double grad_sq_contribution() const;
 
  private:

@@ -38,6 +38,22 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& cfg, Device dev)
   sin_ = Tensor({T, h}, dev);
   cos_.copy_from_host(c.data());
   sin_.copy_from_host(s.data());
+  cos_host_ = std::move(c);
+  sin_host_ = std::move(s);
+}
+
+void RotaryEmbedding::select_positions(const std::vector<int>& pos) {
+  const int h = rot_ / 2, T = static_cast<int>(pos.size());
+  std::vector<float> c(static_cast<size_t>(T) * h), s(c.size());
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < h; ++i) {
+      c[static_cast<size_t>(t) * h + i] = cos_host_[static_cast<size_t>(pos[t]) * h + i];
+      s[static_cast<size_t>(t) * h + i] = sin_host_[static_cast<size_t>(pos[t]) * h + i];
+    }
+  cos_ = Tensor({T, h}, dev_);
+  sin_ = Tensor({T, h}, dev_);
+  cos_.copy_from_host(c.data());
+  sin_.copy_from_host(s.data());
 }
 
 void RotaryEmbedding::forward(float* qkv, int B, int T, int heads, int groups) const {

@@ -69,6 +69,7 @@ class SemigroupAttention final : public BlockPart {
   void backward(float* dx, const float* dout, const float* x, int B, int T, Comm& tp,
                 Workspace& ws) override {
     const int N = B * T;
+    ensure(N);  // the saved tensors of the pool in use (pipeline: this micro-batch's)
     float* dy = ws.get("attn.d_out", static_cast<size_t>(N) * NH_ * HD_);
     float* d_qkv = ws.get("attn.d_qkv", static_cast<size_t>(N) * 3 * NH_ * HD_);
     proj_.backward(dy, dout, y_.data(), N, tp, ws);

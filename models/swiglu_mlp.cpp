@@ -27,8 +27,7 @@ class SwigluMlp final : public BlockPart {
 
   void forward(float* out, const float* x, int B, int T, Comm& tp, Workspace& ws) override {
     const int N = B * T;
-    if (fc1_out_.numel() != static_cast<size_t>(N) * 2 * F_)
-      fc1_out_ = pool_ ? pool_->tensor("mlp.fc1", {N, 2 * F_}) : Tensor({N, 2 * F_}, dev_);
+    bind(N);
     float* act = ws.get("mlp.act", static_cast<size_t>(N) * F_);
     fc1_.forward(fc1_out_.data(), x, N, tp, ws);
     ops::swiglu_forward(dev_, act, fc1_out_.data(), N, F_);
@@ -38,6 +37,7 @@ class SwigluMlp final : public BlockPart {
   void backward(float* dx, const float* dout, const float* x, int B, int T, Comm& tp,
                 Workspace& ws) override {
     const int N = B * T;
+    bind(N);  // the saved tensors of the pool in use (pipeline: this micro-batch's)
     float* act = ws.get("mlp.act", static_cast<size_t>(N) * F_);
     float* d_act = ws.get("mlp.d_act", static_cast<size_t>(N) * F_);
     float* d_fc1 = ws.get("mlp.d_fc1", static_cast<size_t>(N) * 2 * F_);
@@ -59,6 +59,10 @@ class SwigluMlp final : public BlockPart {
   }
 
  private:
+  void bind(int N) {
+    if (fc1_out_.numel() != static_cast<size_t>(N) * 2 * F_)
+      fc1_out_ = pool_ ? pool_->tensor("mlp.fc1", {N, 2 * F_}) : Tensor({N, 2 * F_}, dev_);
+  }
   Device dev_;
   int F_;  // this rank's MLP channels (each of gate and up)
   ColumnParallelLinear fc1_;

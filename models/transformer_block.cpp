@@ -49,6 +49,7 @@ void TransformerBlock::forward(float* out, const float* x, int B, int T, Comm& t
 
 void TransformerBlock::backward(float* dres, const float* x, int B, int T, Comm& tp, Workspace& ws) {
   const int R = rows(B * T);
+  ensure(B * T);  // the saved tensors of the pool in use (pipeline: this micro-batch's)
   float* d_norm = ws.get("block.d_norm", static_cast<size_t>(R) * C_);
   mlp_->backward(d_norm, dres, norm2_out_.data(), B, T, tp, ws);
   norm2_.backward(dres, d_norm, x2_.data(), R);  // dres is now d x2 (residual + norm path)
@@ -71,8 +72,10 @@ void TransformerBlock::comm_elements(int N, SiteElements& e) const {
   mlp_->comm_elements(N, e);
 }
 
-void TransformerBlock::set_saved_pool(Workspace* pool) {
+void TransformerBlock::set_saved_pool(Workspace* pool, bool with_norms) {
   pool_ = pool;
+  norm1_.set_saved_pool(with_norms ? pool : nullptr);
+  norm2_.set_saved_pool(with_norms ? pool : nullptr);
   norm1_out_ = x2_ = norm2_out_ = Tensor();
   N_ = 0;
   attn_->set_saved_pool(pool);

@@ -32,9 +32,15 @@ class TransformerBlock {
   // the block's own); the model runs the unit's forward again, replaying tape(), before its
   // backward. tape(): this block's collective results (sim/comm.h). set_recompute_core():
   // selective recompute.
-  void set_saved_pool(Workspace* pool);
+  // with_norms: the norms' statistics live in `pool` too (pipeline parallelism: everything a
+  // micro-batch in flight keeps is in its own pool).
+  void set_saved_pool(Workspace* pool, bool with_norms = false);
   CollectiveTape& tape() { return tape_; }
   void set_recompute_core(bool on) { attn_->set_recompute_core(on); }
+  void set_context_parallel(Comm* cp, const std::string& type) {
+    attn_->set_context_parallel(cp, type);
+    mlp_->set_context_parallel(nullptr, type);
+  }
   // Floats the tape holds for N tokens on `tp` ranks (upper bound under --sequence-parallel).
   size_t tape_floats(int N, int tp) const;
   // The norms' row statistics (part of saved_floats; kept under full recompute).

@@ -38,6 +38,11 @@ class Backend {
   // Sends to dst and receives from src at once (a ring hop without deadlock).
   virtual void sendrecv(const void* sbuf, size_t sbytes, int dst, void* rbuf, size_t rbytes,
                         int src, int tag) = 0;
+  // Sends without waiting for the receiver: buf must stay untouched until wait_isends(), which
+  // completes every isend of this backend. Default: the blocking send (backends whose send is
+  // eager, as the local one, keep it).
+  virtual void isend(const void* buf, size_t bytes, int dst, int tag) { send(buf, bytes, dst, tag); }
+  virtual void wait_isends() {}
 
   // Native collectives on fp32 buffers.
   virtual void all_reduce(float* buf, size_t n, ReduceOp op) = 0;

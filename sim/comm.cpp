@@ -52,6 +52,7 @@ void Comm::set_device(Device d) {
   device_ = d;
   stale_ = StaleStore(d);
   scratch_ = CommScratch(d);
+  send_bufs_.clear();
 }
 
 HopContext Comm::hop_context(const std::string& site, net::CollKind kind, SiteCounters& c, bool lossy) {
@@ -362,6 +363,115 @@ void Comm::broadcast(float* buf, size_t n, int root, const std::string& site) {
   c.calls += 1;
   if (rank() == root) count_native(c, p - 1, n * sizeof(float), true, sizeof(float));  // fp32 always
   guarded(site, [&] { backend_->broadcast(buf, n * sizeof(float), root); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Point-to-point messages (pipeline parallelism).
+
+void Comm::no_tape(const char* what, const std::string& site) const {
+  if (tape_mode_ != TapeMode::Off)
+    throw std::logic_error(std::string(what) + " at site '" + site + "' inside a recorded or replayed forward");
+}
+
+void Comm::send(const float* buf, size_t n, int dst, int tag, const std::string& site) {
+  no_tape("send", site);
+  post_send(buf, n, dst, tag, site);
+  stats_->site(site).calls += 1;
+}
+
+void Comm::post_send(const float* buf, size_t n, int dst, int tag, const std::string& site) {
+  enter(site);
+  if (sends_ == send_bufs_.size()) send_bufs_.emplace_back(device_, 0);
+  float* copy = send_bufs_[sends_++].floats(std::max<size_t>(n, 1));
+  ops::copy(device_, copy, buf, n);
+  to_wire(copy, n);
+  SiteCounters& c = stats_->site(site);
+  c.messages += 1;
+  c.bytes += static_cast<int64_t>(n * elem_bytes());
+  guarded(site, [&] { backend_->isend(copy, n * sizeof(float), dst, tag); });
+}
+
+void Comm::wait_sends() {
+  guarded("(point-to-point sends)", [&] { backend_->wait_isends(); });
+  sends_ = 0;
+}
+
+double Comm::recv(float* buf, size_t n, int src, int tag, const std::string& site) {
+  no_tape("recv", site);
+  enter(site);
+  double seconds = 0.0;
+  guarded(site, [&] { seconds = p2p_recv(buf, n, src, tag, site, false); });
+  return seconds;
+}
+
+void Comm::all_to_all(const float* in, float* out, size_t m, const std::string& site) {
+  no_tape("all_to_all", site);
+  const int p = size(), r = rank();
+  const int tag = next_tag();
+  enter(site);
+  ops::copy(device_, out + r * m, in + r * m, m);
+  to_wire(out + r * m, m);
+  if (p == 1) return;
+  stats_->site(site).calls += 1;
+  // Every send is posted before any recv (sends never block), nearest peers first.
+  for (int k = 1; k < p; ++k) {
+    const int dst = (r + k) % p;
+    post_send(in + dst * m, m, dst, tag, site);
+  }
+  for (int k = 1; k < p; ++k) {
+    const int src = (r - k + p) % p;
+    recv(out + src * m, m, src, tag, site);
+  }
+  wait_sends();
+}
+
+double Comm::exchange_add(float* buf, size_t n, int peer, int tag, const std::string& site) {
+  no_tape("exchange_add", site);
+  send(buf, n, peer, tag, site);  // enter(site), rounds the copy under bf16
+  to_wire(buf, n);                // this side's term as the peer sees it
+  double seconds = 0.0;
+  guarded(site, [&] { seconds = p2p_recv(buf, n, peer, tag, site, true); });
+  to_wire(buf, n);
+  return seconds;
+}
+
+double Comm::p2p_recv(float* buf, size_t n, int src, int tag, const std::string& site, bool reduce) {
+  SiteCounters& c = stats_->site(site);
+  net::Message m = message(site, net::CollKind::P2P);
+  m.call = tag;
+  m.src = src;
+  m.dst = rank();
+  m.hop = 0;
+  m.bytes = n * elem_bytes();
+  // Out of scope, lossless or no model: an exact plan (packets and link time only).
+  const Path path = path_for(site);
+  const net::DeliveryPlan plan = (net_ ? *net_ : kDefaultSpec).plan(m, seed_);
+  c.packets += static_cast<int64_t>(plan.packets);
+  if (path != Path::Native) c.packets_exposed += static_cast<int64_t>(plan.packets);
+  c.packets_lost += static_cast<int64_t>(plan.lost);
+  c.retransmissions += static_cast<int64_t>(plan.retransmissions);
+  c.sim_seconds += plan.seconds;
+  const bool lossy = path == Path::Ring || path == Path::Endpoint;
+  if (!lossy && !reduce) {  // exact data: straight into buf
+    backend_->recv(buf, n * sizeof(float), src, tag);
+    return plan.seconds;
+  }
+  float* in = scratch_.recv.floats(std::max<size_t>(n, 1));
+  backend_->recv(in, n * sizeof(float), src, tag);
+  if (!lossy) {
+    ops::add_inplace(device_, buf, in, n);
+    return plan.seconds;
+  }
+  net::Fill fill = net_->fill;
+  const float rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - net_->stationary_loss_rate()));
+  // A plain receive has no value of its own for a lost element: local is zero, and rescale
+  // scales what arrived (below). A sum keeps its own term, as in the ring's reduce hops.
+  if (!reduce && (fill == net::Fill::Local || fill == net::Fill::Rescale)) fill = net::Fill::Zero;
+  float* stale = fill == net::Fill::Stale ? stale_.get(site, reduce ? 4 : 3, n) : nullptr;
+  c.elements_filled += static_cast<int64_t>(apply_delivery_on(
+      device_, buf, in, n, plan, fill, reduce, ReduceOp::Sum, rescale, stale, scratch_.mask, elem_bytes()));
+  if (!reduce && net_->fill == net::Fill::Rescale) ops::scale_inplace(device_, buf, rescale, n);
+  return plan.seconds;
 }
 
 }  // namespace lossytp

@@ -128,8 +128,46 @@ class Comm {
   void reduce_scatter(const float* in, float* out, size_t n_per_rank, const std::string& site);
   void broadcast(float* buf, size_t n, int root, const std::string& site);
 
+  // All-to-all (Ulysses context parallelism): block j of `in` (n_per_rank floats) goes to rank j,
+  // block j of `out` comes from rank j; the own block is copied locally (bf16-rounded under
+  // wire_bf16, as an all-gather's). Carried as p-1 sends and p-1 recvs, all tagged with one
+  // next_tag(), so every message meets the network model as recv describes and is counted (one
+  // call, p-1 messages on the sender; packets, losses and fills on the receiver). Waits for its
+  // sends before returning. Not allowed in a recorded or replayed forward (std::logic_error).
+  void all_to_all(const float* in, float* out, size_t n_per_rank, const std::string& site);
+
   // The ring algorithm even when the model is exact (tests compare it with the native one).
   void all_reduce_as_ring(float* buf, size_t n, const std::string& site, ReduceOp op = ReduceOp::Sum);
+
+  // Point-to-point messages (pipeline parallelism: group "pp", sites "pp.fwd", "pp.bwd",
+  // "pp.embed.grad"). send() copies the payload (bf16-rounded when the call travels as bf16)
+  // into a buffer of the Comm, hands it to the backend's isend and returns: the copy is in
+  // flight until wait_sends(), after which the buffers are reused (steady state allocates
+  // nothing). recv() blocks until the message (src, tag) arrives and, when the site is in the
+  // model's scope, passes it through the model: the RECEIVER draws the fates of a message of kind
+  // P2P (call = tag, hop 0, src, dst = this rank); lost elements get the fill policy (zero and
+  // local: 0, the receiver has no value of its own; stale: the last value that arrived at that
+  // position of the site; rescale: delivered elements scaled by 1/(1-p), lost ones 0). Under
+  // transport=reliable the data is exact and the plan's packets, retransmissions and time are
+  // counted. The sender counts calls, messages and bytes; the receiver packets, losses, fills
+  // and link time. recv returns the message's simulated link time (s). Neither is allowed in a
+  // recorded or replayed forward (std::logic_error).
+  void send(const float* buf, size_t n, int dst, int tag, const std::string& site);
+  double recv(float* buf, size_t n, int src, int tag, const std::string& site);
+  void wait_sends();  // also before the Comm goes: its buffers may still be on the wire
+  // A tag for point-to-point messages that is the same on every rank of the group when all make
+  // the same sequence of calls (SPMD): the per-step call index (mod 32767, MPI's smallest
+  // guaranteed tag bound), advanced as a collective advances it. The sender and the receiver of
+  // a message (context parallelism's ring steps) take it at the same point, so they agree on
+  // the tag and hence on the message's packet fates (recv draws them with call = tag).
+  int next_tag() { return static_cast<int>(call_++ % 32767); }
+  // A two-rank sum outside the group's collectives: buf = buf + peer's buf. Each side sends its
+  // values (a send, completed by the next wait_sends()) and adds what arrives, through the model
+  // as recv (lost: nothing added, or the stale value; rescale scales what arrives). With nothing
+  // lost both sides end bit-identical (under bf16 both terms and the sum are rounded).
+  // Returns the link time as recv. The tied embedding's gradient between the pipeline's first
+  // and last stage.
+  double exchange_add(float* buf, size_t n, int peer, int tag, const std::string& site);
 
   // Activation recompute. record(tape): every later all-reduce, all-gather and reduce-scatter
   // also copies its result onto the tape (cleared first). replay(tape): every later one takes
@@ -164,6 +202,13 @@ class Comm {
   void count_reliable(SiteCounters& c, const std::string& site, net::CollKind kind, int hops,
                       size_t bytes_per_hop);
 
+  // send without counting a call (all_to_all counts one call for its p-1 messages).
+  void post_send(const float* buf, size_t n, int dst, int tag, const std::string& site);
+  // recv and exchange_add: the message into scratch_.recv, then through the model into buf
+  // (reduce: added to buf).
+  double p2p_recv(float* buf, size_t n, int src, int tag, const std::string& site, bool reduce);
+  void no_tape(const char* what, const std::string& site) const;  // throws in tape mode
+
   void enter(const std::string& site);  // sets call_bf16_ for the call at `site`
   // Tape hooks around a call: true when the call was answered from the tape (replay).
   bool from_tape(float* out, size_t n, const std::string& site, const float* in = nullptr);
@@ -182,6 +227,8 @@ class Comm {
   bool call_bf16_ = false;  // the current call travels as bf16
   StaleStore stale_;
   CommScratch scratch_;
+  std::vector<DeviceBuffer> send_bufs_;  // payloads of send(): [0, sends_) in flight
+  size_t sends_ = 0;
   int64_t iteration_ = 0;
   int64_t call_ = 0;
   enum class TapeMode { Off, Record, Replay } tape_mode_ = TapeMode::Off;

@@ -84,6 +84,23 @@ void MpiBackend::send(const void* buf, size_t bytes, int dst, int tag) {
   } while (off < bytes);
 }
 
+void MpiBackend::isend(const void* buf, size_t bytes, int dst, int tag) {
+  const char* p = static_cast<const char*>(buf);
+  size_t off = 0;
+  do {
+    int n = static_cast<int>(std::min(kChunk, bytes - off));
+    pending_.emplace_back();
+    check(MPI_Isend(p + off, n, MPI_BYTE, dst, tag, comm_, &pending_.back()), "MPI_Isend");
+    off += static_cast<size_t>(n);
+  } while (off < bytes);
+}
+
+void MpiBackend::wait_isends() {
+  if (pending_.empty()) return;
+  wait(pending_.data(), static_cast<int>(pending_.size()), "send");
+  pending_.clear();
+}
+
 void MpiBackend::recv(void* buf, size_t bytes, int src, int tag) {
   char* p = static_cast<char*>(buf);
   size_t off = 0;

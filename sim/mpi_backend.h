@@ -4,6 +4,8 @@
 #pragma once
 #include <mpi.h>
 
+#include <vector>
+
 #include "sim/backend.h"
 
 namespace lossytp {
@@ -20,6 +22,9 @@ class MpiBackend final : public Backend {
   void recv(void* buf, size_t bytes, int src, int tag) override;
   void sendrecv(const void* sbuf, size_t sbytes, int dst, void* rbuf, size_t rbytes, int src,
                 int tag) override;
+  // MPI_Isend (chunked as send is); the requests wait in pending_ until wait_isends().
+  void isend(const void* buf, size_t bytes, int dst, int tag) override;
+  void wait_isends() override;
   void all_reduce(float* buf, size_t n, ReduceOp op) override;
   void all_reduce_f64(double* buf, size_t n, ReduceOp op) override;
   void all_gather(const float* in, float* out, size_t n_per_rank) override;
@@ -33,6 +38,7 @@ class MpiBackend final : public Backend {
   void wait(MPI_Request* reqs, int n, const char* what);
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
+  std::vector<MPI_Request> pending_;  // isends not yet waited for
 };
 
 }  // namespace lossytp

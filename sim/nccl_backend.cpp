@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace lossytp {
 
@@ -29,6 +30,8 @@ struct NcclBackend::Impl {
   double* f64 = nullptr;     // device staging of all_reduce_f64's host doubles
   size_t f64_n = 0;
   bool aborted = false;
+  struct Pending { const void* buf; size_t bytes; int dst; };
+  std::vector<Pending> isends;  // deferred until the next point-to-point call or wait_isends
 };
 
 NcclBackend::NcclBackend(MPI_Comm comm) : impl_(std::make_unique<Impl>()) {
@@ -85,19 +88,44 @@ void NcclBackend::wait(const char* what) {
   }
 }
 
+void NcclBackend::issue_isends() {
+  for (const Impl::Pending& p : impl_->isends)
+    check(ncclSend(p.buf, p.bytes, ncclChar, p.dst, impl_->comm, impl_->stream), "ncclSend");
+  impl_->isends.clear();
+}
+
+void NcclBackend::isend(const void* buf, size_t bytes, int dst, int) {
+  impl_->isends.push_back({buf, bytes, dst});
+}
+
+void NcclBackend::wait_isends() {
+  if (impl_->isends.empty()) return;
+  check(ncclGroupStart(), "ncclGroupStart");
+  issue_isends();
+  check(ncclGroupEnd(), "ncclGroupEnd");
+  wait("send");
+}
+
 void NcclBackend::send(const void* buf, size_t bytes, int dst, int) {
+  check(ncclGroupStart(), "ncclGroupStart");
+  issue_isends();  // earlier messages to dst go first
   check(ncclSend(buf, bytes, ncclChar, dst, impl_->comm, impl_->stream), "ncclSend");
+  check(ncclGroupEnd(), "ncclGroupEnd");
   wait("send");
 }
 
 void NcclBackend::recv(void* buf, size_t bytes, int src, int) {
+  check(ncclGroupStart(), "ncclGroupStart");
+  issue_isends();
   check(ncclRecv(buf, bytes, ncclChar, src, impl_->comm, impl_->stream), "ncclRecv");
+  check(ncclGroupEnd(), "ncclGroupEnd");
   wait("recv");
 }
 
 void NcclBackend::sendrecv(const void* sbuf, size_t sbytes, int dst, void* rbuf, size_t rbytes,
                            int src, int) {
   check(ncclGroupStart(), "ncclGroupStart");
+  issue_isends();
   check(ncclSend(sbuf, sbytes, ncclChar, dst, impl_->comm, impl_->stream), "ncclSend");
   check(ncclRecv(rbuf, rbytes, ncclChar, src, impl_->comm, impl_->stream), "ncclRecv");
   check(ncclGroupEnd(), "ncclGroupEnd");

@@ -31,6 +31,11 @@ class NcclBackend final : public Backend {
   void recv(void* buf, size_t bytes, int src, int tag) override;
   void sendrecv(const void* sbuf, size_t sbytes, int dst, void* rbuf, size_t rbytes, int src,
                 int tag) override;
+  // Deferred: an isend is issued with the next recv, sendrecv or send (in one NCCL group with
+  // it, so two ranks that isend to each other before receiving cannot deadlock) or by
+  // wait_isends(), which waits for them.
+  void isend(const void* buf, size_t bytes, int dst, int tag) override;
+  void wait_isends() override;
   void all_reduce(float* buf, size_t n, ReduceOp op) override;
   void all_reduce_f64(double* buf, size_t n, ReduceOp op) override;
   void all_gather(const float* in, float* out, size_t n_per_rank) override;
@@ -41,6 +46,7 @@ class NcclBackend final : public Backend {
 
  private:
   void wait(const char* what);  // stream done, or CommTimeout after timeout()
+  void issue_isends();  // queues the deferred isends (inside the caller's NCCL group)
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int rank_ = 0, size_ = 1;

@@ -61,6 +61,33 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, int B, int T, int NH, int NKV, int HD);
 
+// ---- blockwise causal attention by global positions (kernels/cpu/attention_blocks.cpp), the
+// building block of context parallelism (models/context_parallel.*).
+// Layouts are head-major and contiguous: q [B, NH, Tq, HD]; k, v [B, NKV, Tk, HD]; o [B, NH, Tq, HD];
+// lse, delta [B, NH, Tq]. GQA: query head h uses K/V head h / (NH / NKV) (NH % NKV != 0:
+// std::invalid_argument). Query row i has global position q_pos + i, key row j has k_pos + j; key j
+// is visible to query i iff k_pos + j <= q_pos + i (causal). Scale 1/sqrt(HD). Results do not
+// depend on the thread count.
+// o, lse (OVERWRITTEN) = softmax attention of the block (o normalised within the block, lse = log sum
+// exp of the scaled scores over the visible keys). A query row with no visible key gets o = 0 and
+// lse = -infinity.
+void attention_block_forward(float* o, float* lse, const float* q, const float* k, const float* v, int B,
+                             int NH, int NKV, int Tq, int Tk, int HD, int q_pos, int k_pos);
+// Merges a block's (o2, lse2) into the running (o, lse), in place: lse = log(e^lse + e^lse2),
+// o = (e^(lse_old - lse) o + e^(lse2 - lse) o2). Either side may be -infinity (then the other is kept
+// exactly). rows = B * NH * Tq.
+void attention_merge(float* o, float* lse, const float* o2, const float* lse2, size_t rows, int HD);
+// delta[r] = sum_d dout[r, d] * o[r, d] (OVERWRITES; rows = B * NH * Tq), the D of the flash backward.
+void attention_delta(float* delta, const float* dout, const float* o, size_t rows, int HD);
+// Gradients of the FULL attention's loss restricted to this block's keys, given the full (merged) lse
+// and delta of each query row: P = exp(q k^T / sqrt(HD) - lse) on visible keys, dv += P^T dout,
+// dP = dout v^T, dS = P * (dP - delta), dq += dS k / sqrt(HD), dk += dS^T q / sqrt(HD).
+// ACCUMULATES into dq [B, NH, Tq, HD], dk, dv [B, NKV, Tk, HD] (GQA: the heads of a group summed in
+// head order, then added). Rows whose lse is -infinity contribute nothing.
+void attention_block_backward(float* dq, float* dk, float* dv, const float* q, const float* k,
+                              const float* v, const float* dout, const float* lse, const float* delta,
+                              int B, int NH, int NKV, int Tq, int Tk, int HD, int q_pos, int k_pos);
+
 // ---- semigroup attention, generator step (kernels/cpu/semigroup_attention.cpp):
 //   o = P v with P = causal softmax(q k^T / sqrt(HD) - c |i - j|), y = (1 - t) v + t o.
 // qkv: [B, T, 3, NH, HD] (block-major [Q | K | V], each block NH heads of HD); y, o: [B, T, NH, HD]
