@@ -174,6 +174,7 @@ def load_run(run_id, folder):
             train_it, train_loss = series("train/iteration"), series("train/loss")
             eval_it, eval_loss = series("eval/iteration"), series("eval/loss")
             sim_comm = series("train/sim_comm_s")
+            sim_step = series("train/sim_step_s")
             acc, acc_norm = series("eval/accuracy"), series("eval/accuracy_norm")
             div_it, div = series("divergence/iteration"), series("divergence/replica_divergence")
     except Exception as e:  # noqa: BLE001 - any failure to read is the user's to see
@@ -194,7 +195,7 @@ def load_run(run_id, folder):
         "tp": config.get("tensor-model-parallel-size"),
         "dp": config.get("data-parallel-size"),
         "train_it": train_it, "train_loss": train_loss, "eval_it": eval_it, "eval_loss": eval_loss,
-        "sim_comm": sim_comm, "acc": acc, "acc_norm": acc_norm, "div_it": div_it, "div": div,
+        "sim_comm": sim_comm, "sim_step": sim_step, "acc": acc, "acc_norm": acc_norm, "div_it": div_it, "div": div,
         "floor": as_float(attrs["data_entropy_floor"]) if "data_entropy_floor" in attrs else None,
         "loss_rate": as_float(attrs["observed_loss_rate"]) if "observed_loss_rate" in attrs else None,
     }
@@ -730,12 +731,17 @@ def plot_time_to_target(runs, outdir):
             base, what = (float(np.median(rel)), "reliable") if rel else (None, None)
         target = base * TARGET_FACTOR if base is not None and math.isfinite(base) else None
         xs_pos = []
+        # Pipeline runs: the simulated step (the pipeline's timeline with its bubble and the
+        # inter-stage links' time, retransmissions included) instead of communication alone.
+        pipelined = all(r["sim_step"] is not None and
+                        (r["config"].get("pipeline-model-parallel-size") or 1) > 1 for r in in_facet)
+        clock = "sim_step" if pipelined else "sim_comm"
         for net in nets:
             group = [r for r in in_facet if r["net"] == net]
             if not group:
                 continue
             c = colours[net]
-            times = band([(r["train_it"], np.cumsum(clean(r["sim_comm"])[:len(r["train_loss"])]))
+            times = band([(r["train_it"], np.cumsum(clean(r[clock])[:len(r["train_loss"])]))
                           for r in group])
             losses = band([(r["train_it"], trailing_mean(r["train_loss"], FINAL_WINDOW))
                            for r in group])
@@ -771,7 +777,8 @@ def plot_time_to_target(runs, outdir):
                                    " (%s)" % facet_label(facet) if facet else ""))
         if xs_pos and max(xs_pos) / max(min(xs_pos), 1e-30) > 1e3:
             ax.set_xscale("log")
-        ax.set_xlabel("cumulative simulated communication time (s)")
+        ax.set_xlabel("cumulative simulated step time (s): pipeline timeline" if pipelined
+                      else "cumulative simulated communication time (s)")
         ax.set_ylabel("train loss (nats/token, mean of last %d iterations)" % FINAL_WINDOW)
         if facet:
             ax.set_title(facet_label(facet), fontsize=10)

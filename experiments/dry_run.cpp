@@ -44,7 +44,8 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
   for (const ParamSpec& s : m.params().specs()) per_rank += static_cast<long long>(s.numel());
   const int in_flight = V > 1 ? std::min((cfg.pp - 1) * 2 + (V - 1) * cfg.pp + 1, n_micro * V)
                               : std::min(cfg.pp, n_micro);
-  MemoryEstimate mem = model.memory_estimate(mb, T, cfg.pp > 1 ? in_flight : 1);
+  const int Tl = T / cfg.cp;  // context parallelism: each rank's rows of a sequence
+  MemoryEstimate mem = model.memory_estimate(mb, Tl, cfg.pp > 1 ? in_flight : 1);
   // --use-distributed-optimizer: AdamW state for one DP shard of the (padded) arena, plus the
   // reduce-scattered gradient shard.
   const bool zero = cfg.use_distributed_optimizer && cfg.dp > 1;
@@ -61,7 +62,8 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
   j["parameters_per_rank"] = per_rank;
   j["vocab_size"] = cfg.model.vocab_size;
   j["padded_vocab_size"] = cfg.model.padded_vocab_size(cfg.tp);
-  j["layout"] = {{"tp", cfg.tp}, {"dp", cfg.dp}, {"pp", cfg.pp}, {"world", cfg.tp * cfg.dp * cfg.pp},
+  j["layout"] = {{"tp", cfg.tp}, {"cp", cfg.cp}, {"dp", cfg.dp}, {"pp", cfg.pp},
+                 {"world", cfg.tp * cfg.cp * cfg.dp * cfg.pp},
                  {"micro_batch_size", mb}, {"global_batch_size", cfg.global_batch_size},
                  {"micro_batches_per_iteration", n_micro}};
   j["memory_bytes_per_rank"] = mem.total();
@@ -72,7 +74,7 @@ nlohmann::json plan_run(const TrainConfig& cfg) {
   const double elem = cfg.bf16 ? 2 : 4;
   nlohmann::json comm = nlohmann::json::object();
   double total = 0;
-  const SiteElements sites = model.comm_elements(mb, T);
+  const SiteElements sites = model.comm_elements(mb, Tl);
   for (const auto& [site, n] : sites.all_reduce) {
     const double e = site.rfind("ce.", 0) == 0 ? 4 : elem;  // CE statistics stay fp32
     const double per_call = all_reduce_wire_bytes(n, cfg.tp, e);
@@ -126,8 +128,8 @@ std::string describe_plan(const nlohmann::json& j) {
                 c["untie-embeddings-and-output-weights"].get<bool>() ? "untied" : "tied");
   s += b;
   const auto& l = j["layout"];
-  std::snprintf(b, sizeof b, "layout: tp %d x dp %d x pp %d = %d ranks; micro-batch %d, global batch %d (%d micro-batches per iteration)\n",
-                l["tp"].get<int>(), l["dp"].get<int>(), l.value("pp", 1), l["world"].get<int>(), l["micro_batch_size"].get<int>(),
+  std::snprintf(b, sizeof b, "layout: tp %d x cp %d x dp %d x pp %d = %d ranks; micro-batch %d, global batch %d (%d micro-batches per iteration)\n",
+                l["tp"].get<int>(), l.value("cp", 1), l["dp"].get<int>(), l.value("pp", 1), l["world"].get<int>(), l["micro_batch_size"].get<int>(),
                 l["global_batch_size"].get<int>(), l["micro_batches_per_iteration"].get<int>());
   s += b;
   const auto& m = j["memory_per_rank"];

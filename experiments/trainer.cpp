@@ -289,12 +289,10 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   if (layout.pp > 1) pipe.emplace(model, pp, n_micro);
   const double tokens_per_iter = static_cast<double>(cfg.global_batch_size) * T;
   const int gb = cfg.global_batch_size;
-  Batcher train_data{corpus.train, corpus.train_mask, cfg.seed, 0, T, mb, per_rank, layout.dp_rank, gb, {}, {}};
-  Batcher eval_data{corpus.val, corpus.val_mask, cfg.seed, 1, T, mb, per_rank, layout.dp_rank, gb, {}, {}};
-  for (Batcher* b : {&train_data, &eval_data}) {
-    b->cp = layout.cp;
-    b->cp_rank = layout.cp_rank;
-  }
+  Batcher train_data{corpus.train, corpus.train_mask, cfg.seed, 0, T, mb, per_rank, layout.dp_rank, gb,
+                     {}, {}, layout.cp, layout.cp_rank, {}, {}};
+  Batcher eval_data{corpus.val, corpus.val_mask, cfg.seed, 1, T, mb, per_rank, layout.dp_rank, gb,
+                    {}, {}, layout.cp, layout.cp_rank, {}, {}};
   const int Tl = train_data.local_T();  // the tokens of each sequence on this rank (CP: T / cp)
   std::optional<EvalTask> task;  // --eval-task (checked before the run by reconcile_data)
   if (!cfg.eval_task.empty()) task = load_eval_task(cfg.eval_task, cfg.model.vocab_size, T);
