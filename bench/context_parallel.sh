@@ -11,23 +11,11 @@
 # micro-batches), ITERS (5), THREADS (1 per rank), TYPES ("p2p all_gather a2a"). Run it on an
 # otherwise idle machine with at least 2 cores.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=$root/build
-quick=0
-for a in "$@"; do
-  if [[ $a == --quick ]]; then quick=1; else build=$a; fi
-done
+source "$(dirname "$0")/lib.bash" context_parallel "$@"
 LAYERS=${LAYERS:-4} HIDDEN=${HIDDEN:-256} HEADS=${HEADS:-4} VOCAB=${VOCAB:-4096} SEQ=${SEQ:-1024}
 MICRO=${MICRO:-1} M=${M:-2} ITERS=${ITERS:-5} THREADS=${THREADS:-1} TYPES=${TYPES:-"p2p all_gather a2a"}
 if (( quick )); then LAYERS=1 HIDDEN=64 SEQ=64 ITERS=2; fi
-PY=/usr/bin/python3
-"$PY" -c 'import h5py' 2>/dev/null || { echo "bench/context_parallel.sh: $PY cannot import h5py" >&2; exit 1; }
-command -v mpirun >/dev/null || { echo "bench/context_parallel.sh: mpirun not found" >&2; exit 1; }
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then cmake --build "$build" -j2 --target lossytp > /dev/null; fi
-bin=$build/lossytp
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=$THREADS
+export OMP_NUM_THREADS=$THREADS
 common=(--model llama-tiny --num-layers "$LAYERS" --hidden-size "$HIDDEN" --num-attention-heads "$HEADS"
         --num-query-groups "$HEADS" --ffn-hidden-size $((HIDDEN * 8 / 3 / 64 * 64)) --vocab-size "$VOCAB"
         --seq-length "$SEQ" --micro-batch-size "$MICRO" --global-batch-size $((MICRO * M))

@@ -11,23 +11,11 @@
 # micro-batches), ITERS (5), THREADS (1 per rank). Run it on an otherwise idle machine with at
 # least 2 cores.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=$root/build
-quick=0
-for a in "$@"; do
-  if [[ $a == --quick ]]; then quick=1; else build=$a; fi
-done
+source "$(dirname "$0")/lib.bash" pipeline "$@"
 LAYERS=${LAYERS:-8} HIDDEN=${HIDDEN:-384} HEADS=${HEADS:-6} VOCAB=${VOCAB:-4096} SEQ=${SEQ:-256}
 MICRO=${MICRO:-1} M=${M:-8} ITERS=${ITERS:-5} THREADS=${THREADS:-1}
 if (( quick )); then LAYERS=2 HIDDEN=64 HEADS=4 SEQ=32 ITERS=2; fi
-PY=/usr/bin/python3
-"$PY" -c 'import h5py' 2>/dev/null || { echo "bench/pipeline.sh: $PY cannot import h5py" >&2; exit 1; }
-command -v mpirun >/dev/null || { echo "bench/pipeline.sh: mpirun not found" >&2; exit 1; }
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then cmake --build "$build" -j2 --target lossytp > /dev/null; fi
-bin=$build/lossytp
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=$THREADS
+export OMP_NUM_THREADS=$THREADS
 common=(--model gpt2-124m --num-layers "$LAYERS" --hidden-size "$HIDDEN" --num-attention-heads "$HEADS"
         --vocab-size "$VOCAB" --seq-length "$SEQ" --micro-batch-size "$MICRO"
         --global-batch-size $((MICRO * M)) --train-iters "$ITERS" --log-interval "$ITERS" --eval-iters 0

@@ -8,30 +8,14 @@
 # usage: context_parallel.sh path/to/lossytp workdir
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" "$@"
 need_h5py
-mpi() { "$MPIRUN" --oversubscribe --bind-to none "$@"; }
 common=(--seq-length 32 --vocab-size 64 --micro-batch-size 2 --global-batch-size 8 --train-iters 20
         --eval-interval 10 --eval-iters 2 --lr 0.003 --threads 1 --quiet)
 llama=(--model llama-tiny --num-layers 2 --hidden-size 64 --num-attention-heads 8 --num-query-groups 4
        --ffn-hidden-size 128 "${common[@]}")
 gpt=(--num-layers 2 --hidden-size 32 --num-attention-heads 4 "${common[@]}")
 
-# same RUN_A RUN_B: train/loss, train/grad_norm and eval/loss agree within 1e-5 (relative)
-same() {
-  "$PY" - "$1" "$2" <<'PY'
-import sys, h5py, numpy as np
-a, b = (h5py.File(p + "/metrics.h5", "r") for p in sys.argv[1:3])
-worst = 0.0
-for k in ("train/loss", "train/grad_norm", "eval/loss"):
-    x, y = a[k][:], b[k][:]
-    assert len(x) == len(y) == (20 if k.startswith("train") else 2), (k, len(x), len(y))
-    assert np.all(np.isfinite(y)), k
-    worst = max(worst, float(np.max(np.abs(x - y) / np.abs(x))))
-print(f"{worst:.2e}")
-sys.exit(0 if worst <= 1e-5 else 1)
-PY
-}
 check() {  # check NAME REF RUN
-  if d=$(same "$2" "$3" 2>&1); then ok "$1 reproduces CP=1 (largest relative difference $d)"; else bad "$1: $d"; fi
+  if d=$(same_metrics "$2" "$3" 2>&1); then ok "$1 reproduces CP=1 (largest relative difference $d)"; else bad "$1: $d"; fi
 }
 
 "$L" train "${llama[@]}" --out llama-cp1 || bad "llama CP=1 run"

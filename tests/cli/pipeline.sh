@@ -10,7 +10,6 @@
 # usage: pipeline.sh path/to/lossytp workdir
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" "$@"
 need_h5py
-mpi() { "$MPIRUN" --oversubscribe --bind-to none "$@"; }
 gpt=(--num-layers 4 --hidden-size 32 --num-attention-heads 4 --seq-length 16 --vocab-size 64
      --micro-batch-size 2 --global-batch-size 16 --train-iters 20 --eval-interval 10 --eval-iters 2
      --lr 0.003 --threads 1 --quiet)
@@ -18,23 +17,8 @@ llama=(--model llama-tiny --num-layers 4 --hidden-size 32 --num-attention-heads 
        --ffn-hidden-size 64 --seq-length 16 --vocab-size 64 --micro-batch-size 2 --global-batch-size 16
        --train-iters 20 --eval-interval 10 --eval-iters 2 --lr 0.003 --threads 1 --quiet)
 
-# same RUN_A RUN_B: train/loss, train/grad_norm and eval/loss agree within 1e-5 (relative)
-same() {
-  "$PY" - "$1" "$2" <<'PY'
-import sys, h5py, numpy as np
-a, b = (h5py.File(p + "/metrics.h5", "r") for p in sys.argv[1:3])
-worst = 0.0
-for k in ("train/loss", "train/grad_norm", "eval/loss"):
-    x, y = a[k][:], b[k][:]
-    assert len(x) == len(y) == (20 if k.startswith("train") else 2), (k, len(x), len(y))
-    assert np.all(np.isfinite(y)), k
-    worst = max(worst, float(np.max(np.abs(x - y) / np.abs(x))))
-print(f"{worst:.2e}")
-sys.exit(0 if worst <= 1e-5 else 1)
-PY
-}
 check() {  # check NAME REF RUN
-  if d=$(same "$2" "$3" 2>&1); then ok "$1 reproduces PP=1 (largest relative difference $d)"; else bad "$1: $d"; fi
+  if d=$(same_metrics "$2" "$3" 2>&1); then ok "$1 reproduces PP=1 (largest relative difference $d)"; else bad "$1: $d"; fi
 }
 
 "$L" train "${gpt[@]}" --out gpt-pp1 || bad "gpt PP=1 run"
