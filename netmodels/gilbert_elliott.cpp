@@ -44,13 +44,25 @@ ChainCacheEntry* chain_cache() {
 
 struct Preset {
   const char* name;
-  double p, r;
+  double p, r, loss_g, loss_b;  // netem order: p, r, 1-k, 1-h
 };
-// From the published lossy-TP scripts: loss 1 in bad, 0 in good (k=1, h=0).
+// Every named configuration of the lossy-network project, by its exact name (typos included:
+// scripts name them so), in netem order. The ber_* ones lose packets i.i.d. at the same rate in
+// both states (the chain stays in G); ber_20 is 2 % as that project defines it.
 constexpr Preset kPresets[] = {
-    {"half_percent", 0.001, 0.2},       {"one", 0.01, 0.19},
-    {"default", 0.05, 0.45},            {"long_2percent", 0.0004, 0.0196},
-    {"short_1percent", 0.00606, 0.6},
+    {"half_percent", 0.001, 0.2, 0, 1},          {"one", 0.01, 0.19, 0, 1},
+    {"default", 0.05, 0.45, 0, 1},               {"long_2percent", 0.0004, 0.0196, 0, 1},
+    {"short_1percent", 0.00606, 0.6, 0, 1},      {"zero", 0, 1, 0, 1},
+    {"one_precent", 0.005, 0.3, 0, 0.65},        {"point2_percent", 0.001, 0.45, 0.0001, 0.86},
+    {"long_point1_percent", 0.00005, 0.04995, 0, 1}, {"long_point1percent", 0.00098, 0.98, 0, 1},
+    {"lomg_2percent", 0.02, 0.98, 0, 1},         {"90_loss", 1.0, 0.11111, 0, 1},
+    {"long_50percent", 0.98, 0.98, 0, 1},        {"short_50percent", 0.5, 0.5, 0, 1},
+    {"20_loss", 0.245, 0.98, 0, 1},              {"short_half_percent", 0.00303, 0.6, 0, 1},
+    {"short_point_2percent", 0.00121, 0.6, 0, 1}, {"short_point1_percent", 0.001001, 0.999, 0, 1},
+    {"short_2percent", 0.0102, 0.5, 0, 1},
+    {"ber_0", 0, 1, 0, 0},                       {"ber_1", 0, 1, 0.01, 0.01},
+    {"ber_2", 0, 1, 0.02, 0.02},                 {"ber_90", 0, 1, 0.9, 0.9},
+    {"ber_20", 0, 1, 0.02, 0.02},
 };
 
 class GilbertElliott final : public LossModel {
@@ -192,7 +204,7 @@ class GilbertElliott final : public LossModel {
 void make_ge(const KeyValues& keys, NetSpec& spec) {
   KeyReader kr("ge", keys);
   for (const char* key : {"p", "r", "k", "h", "step", "preset"}) kr.has(key);  // the known keys
-  double p = -1, r = -1;
+  double p = -1, r = -1, k = 1, h = 0;
   if (kr.has("preset")) {
     const std::string& name = kr.raw("preset");
     const Preset* found = nullptr;
@@ -204,12 +216,14 @@ void make_ge(const KeyValues& keys, NetSpec& spec) {
     if (!found) kr.fail("unknown preset '" + name + "' (known: " + known + ")");
     p = found->p;
     r = found->r;
+    k = 1 - found->loss_g;
+    h = 1 - found->loss_b;
   }
   // Explicit keys override the preset.
   p = p < 0 ? kr.required("p", 0, 1) : kr.number("p", p, 0, 1);
   r = r < 0 ? kr.required("r", 0, 1) : kr.number("r", r, 0, 1);
-  const double k = kr.number("k", 1.0, 0, 1);
-  const double h = kr.number("h", 0.0, 0, 1);
+  k = kr.number("k", k, 0, 1);
+  h = kr.number("h", h, 0, 1);
   const bool per_message = kr.choice("step", "packet", {"packet", "message"}) == "message";
   kr.finish();
   if (p == 0 && r == 0) kr.fail("p=0 with r=0 has no stationary distribution");

@@ -235,7 +235,7 @@ TEST_CASE("net spec: errors name the offending token", "[net]") {
   CHECK_THAT(pr, Contains("stationary"));
   const std::string preset = error_of("ge:preset=nope");
   CHECK_THAT(preset, Contains("unknown preset 'nope'"));
-  CHECK_THAT(preset, Contains("half_percent, one, default, long_2percent, short_1percent"));
+  CHECK_THAT(preset, Contains("half_percent, one, default, long_2percent, short_1percent, zero, one_precent"));
   CHECK_THAT(error_of("ge:p=0.1,r=1.2"), Contains("--net: ge: r=1.2 is outside [0, 1]"));
   CHECK_THAT(error_of("ge:p=0.1,r=0.2,k=2"), Contains("k=2 is outside [0, 1]"));
   CHECK_THAT(error_of("ge:preset=one,step=sometimes"), Contains("step=sometimes"));
@@ -685,4 +685,41 @@ TEST_CASE("net spec: a scope pattern with a space or control character is refuse
   CHECK_THROWS_AS(parse_net_spec(fuzzed), std::invalid_argument);
   const NetSpec ok = parse_net_spec("drop:rate=0.3,scope=*wdfo.|\x8c\x8c\x8c.scope=*wdfo");
   CHECK(parse_net_spec(ok.describe()).describe() == ok.describe());
+}
+
+// The lossy-network project's named configurations (issue 16), in netem order (p, r, 1-k, 1-h):
+// each preset's stationary loss rate and mean loss-burst length against the two-state theory,
+// computed here independently of the model (burst = P(lost) / P(lost then delivered)).
+TEST_CASE("every Gilbert-Elliott preset has its netem parameters and theory", "[net][presets]") {
+  struct Row { const char* name; double p, r, lg, lb; };
+  const Row rows[] = {
+      {"zero", 0, 1, 0, 1}, {"default", 0.05, 0.45, 0, 1}, {"one", 0.01, 0.19, 0, 1},
+      {"one_precent", 0.005, 0.3, 0, 0.65}, {"half_percent", 0.001, 0.2, 0, 1},
+      {"point2_percent", 0.001, 0.45, 0.0001, 0.86}, {"long_point1_percent", 0.00005, 0.04995, 0, 1},
+      {"long_point1percent", 0.00098, 0.98, 0, 1}, {"long_2percent", 0.0004, 0.0196, 0, 1},
+      {"lomg_2percent", 0.02, 0.98, 0, 1}, {"90_loss", 1.0, 0.11111, 0, 1},
+      {"long_50percent", 0.98, 0.98, 0, 1}, {"short_50percent", 0.5, 0.5, 0, 1},
+      {"20_loss", 0.245, 0.98, 0, 1}, {"short_1percent", 0.00606, 0.6, 0, 1},
+      {"short_half_percent", 0.00303, 0.6, 0, 1}, {"short_point_2percent", 0.00121, 0.6, 0, 1},
+      {"short_point1_percent", 0.001001, 0.999, 0, 1}, {"short_2percent", 0.0102, 0.5, 0, 1},
+      {"ber_0", 0, 1, 0, 0}, {"ber_1", 0, 1, 0.01, 0.01}, {"ber_2", 0, 1, 0.02, 0.02},
+      {"ber_90", 0, 1, 0.9, 0.9}, {"ber_20", 0, 1, 0.02, 0.02}};
+  for (const Row& w : rows) {
+    INFO(w.name);
+    const NetSpec spec = parse_net_spec(std::string("ge:preset=") + w.name);
+    const double pb = w.p / (w.p + w.r), pg = 1 - pb;
+    const double loss = pg * w.lg + pb * w.lb;
+    CHECK(spec.stationary_loss_rate() == Approx(loss).margin(1e-12));
+    CHECK(parse_net_spec(spec.describe()).stationary_loss_rate() == Approx(loss).margin(1e-12));
+    if (loss == 0) continue;
+    // P(lost at t and delivered at t+1), one chain step per packet
+    const double T[2][2] = {{1 - w.p, w.p}, {w.r, 1 - w.r}}, pi[2] = {pg, pb}, l[2] = {w.lg, w.lb};
+    double end = 0;
+    for (int s = 0; s < 2; ++s)
+      for (int t = 0; t < 2; ++t) end += pi[s] * l[s] * T[s][t] * (1 - l[t]);
+    CHECK(spec.models.at(0)->mean_burst_length() == Approx(loss / end).epsilon(1e-9));
+  }
+  // explicit keys still override a preset's
+  CHECK(parse_net_spec("ge:preset=one_precent,h=0").stationary_loss_rate() ==
+        Approx(0.005 / 0.305).margin(1e-12));
 }
