@@ -490,6 +490,12 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
   }
   c.model = m;
   c.vocab_size_given = given("--vocab-size") || !c.hf_checkpoint.empty();
+  const PresetTraining& pt = p.training;  // a preset's run of record, unless flags say otherwise
+  if (pt.lr > 0 && !given("--lr")) c.lr = pt.lr;
+  if (pt.min_lr >= 0 && !given("--min-lr")) c.min_lr = pt.min_lr;
+  if (pt.train_iters > 0 && !given("--train-iters")) c.train_iters = pt.train_iters;
+  if (pt.lr_warmup_iters >= 0 && !given("--lr-warmup-iters")) c.lr_warmup_iters = pt.lr_warmup_iters;
+  if (pt.weight_decay >= 0 && !given("--weight-decay")) c.adam.weight_decay = pt.weight_decay;
   if (!given("--micro-batch-size")) {
     c.micro_batch_size = p.micro_batch_size;
     if (!c.hf_checkpoint.empty()) {  // as the presets: fewer sequences for larger models

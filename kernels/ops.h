@@ -62,6 +62,14 @@ void semigroup_attention_forward(Device d, float* y, float* o, float* lse, const
 void semigroup_attention_backward(Device d, float* dqkv, double* dt, double* dc, const float* dy,
                                   const float* qkv, const float* o, const float* lse, int B, int T,
                                   int NH, int HD, float t, float c);
+void semigroup_esr_forward(Device d, float* y, float* u, float* w2, float* lse, float* rstd, float* qkvg,
+                           const float* tau, const float* logw, const float* hbeta, const float* oscale,
+                           float lam, float alpha, int B, int T, int NH, int HD, int Nt);
+void semigroup_esr_backward(Device d, float* dqkvg, double* g_lam, double* g_logtau, double* g_logw,
+                            double* g_hbeta, double* g_oscale, const float* dy, const float* qkvg,
+                            const float* rstd, const float* u, const float* w2, const float* lse,
+                            const float* tau, const float* logw, const float* hbeta, const float* oscale,
+                            float lam, float alpha, int B, int T, int NH, int HD, int Nt);
 // bf16 GEMM operands (q, k, v, dout; on the GPU also P and dS), fp32 softmax and outputs (--bf16).
 void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B, int T,
                             int NH, int NKV, int HD);

@@ -102,6 +102,13 @@ ModelConfig gpt2(int layers, int hidden, int heads) {
   return m;
 }
 
+ModelConfig semigroup_tiny() {
+  ModelConfig m = gpt2(2, 512, 8);  // LayerNorm, learned positions, GELU MLP with biases, tied
+  m.seq_length = 128;
+  m.attention = "semigroup-esr";
+  return m;
+}
+
 ModelConfig llama(int vocab, int seq, int layers, int hidden, int heads, int groups, int ffn,
                   double rope_base) {
   ModelConfig m;
@@ -141,6 +148,11 @@ const std::vector<Preset>& presets() {
          "TinyLlama 1.1B: 22 layers, hidden 2048, 32 heads, 4 query groups, ffn 5632"},
         {"llama-1b", llama(128256, 8192, 16, 2048, 32, 8, 8192, 500000), 1,
          "MagiAttention's LLaMA-1B: 16 layers, hidden 2048, 32 heads, 8 groups, ffn 8192, vocab 128256, rope base 500000"},
+        // The semigroup-attention fork's smoke run (run_gpt_semigroup.sh; ../shared/semigroup-attention.md 6.1).
+        {"semigroup-tiny", semigroup_tiny(), 2,
+         "the semigroup fork's smoke run: 2 layers, hidden 512, 8 heads, seq 128, vocab 50257, "
+         "--attention semigroup-esr; 10 iterations, lr 1e-4 cosine to 1e-5, no warmup, weight decay 0.01",
+         PresetTraining{1e-4f, 1e-5f, 10, 0, 0.01f}},
     };
     return v;
   }();

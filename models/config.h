@@ -137,11 +137,19 @@ struct Compute {
   bool bf16 = false;
 };
 
+// Training defaults a preset may carry (a run of record): each applies unless its flag is given.
+struct PresetTraining {
+  float lr = 0, min_lr = -1;  // 0 / -1: the flags' defaults
+  int train_iters = 0, lr_warmup_iters = -1;
+  float weight_decay = -1;
+};
+
 struct Preset {
   std::string name;
   ModelConfig model;
   int micro_batch_size;
   std::string description;
+  PresetTraining training = {};
 };
 
 const std::vector<Preset>& presets();

@@ -8,6 +8,7 @@ namespace lossytp {
 // The parts, each defined in its own file.
 std::unique_ptr<BlockPart> make_softmax_attention(const PartContext&);  // softmax_attention.cpp
 std::unique_ptr<BlockPart> make_semigroup_attention(const PartContext&);  // semigroup_attention.cpp
+std::unique_ptr<BlockPart> make_semigroup_esr_attention(const PartContext&);  // semigroup_esr_attention.cpp
 std::unique_ptr<BlockPart> make_gelu_mlp(const PartContext&);           // gelu_mlp.cpp
 std::unique_ptr<BlockPart> make_swiglu_mlp(const PartContext&);         // swiglu_mlp.cpp
 
@@ -17,6 +18,7 @@ namespace {
 const std::map<std::string, PartFactory>& attentions() {
   static const std::map<std::string, PartFactory> m = {
       {"semigroup", make_semigroup_attention},
+      {"semigroup-esr", make_semigroup_esr_attention},
       {"softmax", make_softmax_attention},
   };
   return m;

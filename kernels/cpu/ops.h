@@ -100,6 +100,27 @@ void semigroup_attention_backward(float* dqkv, double* dt, double* dc, const flo
                                   const float* qkv, const float* o, const float* lse, int B, int T,
                                   int NH, int HD, float t, float c);
 
+// ---- semigroup attention, v1 "ESR" (kernels/cpu/semigroup_esr_attention.cpp):
+//   g~ = whiten(g), z = lam q.k 0.8/sqrt(HD) + (1-lam) ln sum_t w'_t (1 + |g~_i-g~_j|^2/(4 tau_t))^-hb,
+//   P = causal softmax(z), u = P v, w2 = P u, y = os ((1 - alpha) u + alpha w2).
+// qkvg: [B, T, NH, 4, HD] (per head q, k, v, g); its g is WHITENED IN PLACE (the backward reads
+// g~). y, u, w2: [B, T, NH, HD], lse: [B, NH, T], rstd: [B, T, NH] (OVERWRITTEN). Per head:
+// tau, logw [NH, Nt] (tau_t and ln(w_t + 1e-12)), hbeta (beta / 2), oscale [NH]. One pass over
+// the query rows (blocks of 4) with O(T) row buffers: no T x T matrix; P^2 v from the same logits.
+void semigroup_esr_forward(float* y, float* u, float* w2, float* lse, float* rstd, float* qkvg,
+                           const float* tau, const float* logw, const float* hbeta,
+                           const float* oscale, float lam, float alpha, int B, int T, int NH,
+                           int HD, int Nt);
+// dqkvg: like qkvg (OVERWRITTEN; the g part is the gradient at the un-whitened g). ACCUMULATES
+// (double, fixed order) g_lam += dL/dlam (the blend weight, not its logit), g_logtau [NH, Nt] +=
+// dL/dln tau, g_logw [NH, Nt] += dL/dln(w + 1e-12), g_hbeta [NH] += dL/d(beta/2), g_oscale [NH].
+void semigroup_esr_backward(float* dqkvg, double* g_lam, double* g_logtau, double* g_logw,
+                            double* g_hbeta, double* g_oscale, const float* dy, const float* qkvg,
+                            const float* rstd, const float* u, const float* w2, const float* lse,
+                            const float* tau, const float* logw, const float* hbeta,
+                            const float* oscale, float lam, float alpha, int B, int T, int NH,
+                            int HD, int Nt);
+
 // ---- embeddings
 // Vocab-parallel lookup: this rank owns rows [vocab_start, vocab_start + V) of the table.
 // out[n,:] = table[tok[n] - vocab_start, :] when the token is owned, else 0 (OVERWRITES).
