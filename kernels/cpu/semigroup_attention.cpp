@@ -1,144 +1,691 @@
 // Semigroup attention, the "generator step" of oroikono/Megatron-LM-new-attention (HEAD):
 //   o = P v, P = causal softmax(q k^T / sqrt(HD) - c |i - j|), c = kappa / xi
 //   y = (1 - t) v + t o
-// Flash-style: one query row at a time over key tiles with an online softmax (no T x T matrix
-// per head beyond a tile of TILE scores); lse saved for the backward, which recomputes P tile
-// by tile. Layout: qkv [B, T, 3, NH, HD] (the fork's block-major [Q | K | V] rows of a fused
-// projection, one TP rank's heads in each block); o, y: [B, T, NH, HD]; lse: [B, NH, T].
-#include <algorithm>
-#include <cmath>
-#include <vector>
-
+// P is a softmax with an additive distance bias, so this is the flash-attention kernel of
+// kernels/cpu/attention.cpp (same structure; its helpers are copied here, they are private to
+// that file) with the bias added to each score tile and the generator-step axpy at the ends:
+// work is split over (batch, head) pairs, one thread does all of a head (so the result does not
+// depend on the thread count); the head's q / sqrt(HD), k and v are gathered into contiguous
+// zero-padded [Tp, Dp] buffers; for each tile of 64 queries and each key tile j <= i:
+//   S^T = K_j Qs_i^T (keys x queries) on the 4 x 64 register-blocked micro-kernel,
+//   S^T(k, q) -= c (i - j) (one FMA per score), online softmax, O_i += P V_j.
+// Forward output: o = O / l, y = (1 - t) v + t o, lse = m + log l (saved for the backward).
+// Backward, with dO = t dy, D = rowsum(dO * o) and P recomputed from lse (bias included):
+//   dV_j += P^T dO_i; dP^T = V_j dO_i^T; dS^T = P^T * (dP^T - D); dQ_i += dS K_j; dK_j += dS^T Qs_i;
+//   dc -= sum dS (i - j); dt = sum dy . (o - v); dv += (1 - t) dy (the direct path).
+// No T x T matrix per head beyond one 64 x 64 tile.
+// Layout: qkv [B, T, 3, NH, HD] (the fork's block-major [Q | K | V] rows of a fused projection,
+// one TP rank's heads in each block); o, y: [B, T, NH, HD]; lse: [B, NH, T].
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/simd_exp.h"
 
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// gcc 12 warns about the _mm512_undefined_ps() inside the shuffle intrinsics once they are
+// inlined (a known false positive of -Wmaybe-uninitialized).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace lossytp::cpu {
 
+// ---- helpers copied from kernels/cpu/attention.cpp (workspace, micro-kernel, tile products,
+// prefetching, 16 x 16 transpose)
 namespace {
-constexpr int TILE = 64;
+
+constexpr int kTile = 64;  // queries per query tile = keys per key tile
+constexpr int kMR = 4;     // rows per micro-kernel call
+constexpr int kVec = 16;   // floats per vector (one zmm)
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+#if defined(__AVX512F__)
+using simd::exp16;
+#endif
 using simd::exp_scalar;
+
+// Per-thread scratch memory, kept between calls: allocating and zeroing the per-head buffers
+// (~0.6 MB for a 256-token head) at every call costs page faults that show at small B * NH.
+// The buffers rely on zero padding (rows >= T, columns >= HD), which the code never writes, so
+// the memory is zeroed whenever it is (re)allocated or the padded layout (T, HD) changes.
+class Workspace {
+ public:
+  ~Workspace() { std::free(p_); }
+  // n floats, 64-byte aligned, valid until the next call on this thread.
+  float* get(size_t n, int T, int HD) {
+    if (n > cap_) {
+      std::free(p_);
+      const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (p_ == nullptr) std::abort();
+      cap_ = n;
+      T_ = -1;
+    }
+    if (T != T_ || HD != HD_) {
+      std::memset(p_, 0, cap_ * sizeof(float));
+      T_ = T;
+      HD_ = HD;
+    }
+    return p_;
+  }
+
+ private:
+  float* p_ = nullptr;
+  size_t cap_ = 0;
+  int T_ = -1, HD_ = -1;
+};
+
+// Carves consecutive 64-byte aligned pieces out of a workspace.
+class Carver {
+ public:
+  explicit Carver(float* base) : p_(base) {}
+  float* take(size_t n) {
+    float* r = p_;
+    p_ += (n + kVec - 1) / kVec * kVec;
+    return r;
+  }
+
+ private:
+  float* p_;
+};
+
+inline size_t padded(size_t n) { return (n + kVec - 1) / kVec * kVec; }
+
+thread_local Workspace fwd_workspace, bwd_workspace;
+
+// C[kMR, 16*NV] (+)= sum_{k in [kb, ke)} A(r, k) * B[k, :], A(r, k) = A[r*ars + k*acs].
+template <int NV>
+inline void micro_kernel(int kb, int ke, const float* A, ptrdiff_t ars, ptrdiff_t acs,
+                         const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc, bool accumulate) {
+#if defined(__AVX512F__)
+  __m512 c[kMR][NV];
+  for (int r = 0; r < kMR; ++r)
+    for (int v = 0; v < NV; ++v)
+      c[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + v * kVec) : _mm512_setzero_ps();
+  const float* a0 = A;
+  const float* a1 = A + ars;
+  const float* a2 = A + 2 * ars;
+  const float* a3 = A + 3 * ars;
+  for (int k = kb; k < ke; ++k) {
+    const float* b = B + k * ldb;
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = _mm512_loadu_ps(b + v * kVec);
+      // Keep B in registers: without this gcc folds the load into every FMA (4x the loads,
+      // and the kernel becomes load-bound: ~90 instead of ~115 GFLOP/s on Zen 4).
+      __asm__("" : "+v"(bv[v]));
+    }
+    const ptrdiff_t ka = k * acs;
+    const __m512 x0 = _mm512_set1_ps(a0[ka]);
+    for (int v = 0; v < NV; ++v) c[0][v] = _mm512_fmadd_ps(x0, bv[v], c[0][v]);
+    const __m512 x1 = _mm512_set1_ps(a1[ka]);
+    for (int v = 0; v < NV; ++v) c[1][v] = _mm512_fmadd_ps(x1, bv[v], c[1][v]);
+    const __m512 x2 = _mm512_set1_ps(a2[ka]);
+    for (int v = 0; v < NV; ++v) c[2][v] = _mm512_fmadd_ps(x2, bv[v], c[2][v]);
+    const __m512 x3 = _mm512_set1_ps(a3[ka]);
+    for (int v = 0; v < NV; ++v) c[3][v] = _mm512_fmadd_ps(x3, bv[v], c[3][v]);
+  }
+  for (int r = 0; r < kMR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + v * kVec, c[r][v]);
+#else
+  constexpr int NC = NV * kVec;
+  float c[kMR][NC];
+  for (int r = 0; r < kMR; ++r)
+    for (int j = 0; j < NC; ++j) c[r][j] = accumulate ? C[r * ldc + j] : 0.0f;
+  for (int k = kb; k < ke; ++k) {
+    const float* b = B + k * ldb;
+    for (int r = 0; r < kMR; ++r) {
+      const float a = A[r * ars + k * acs];
+#pragma omp simd
+      for (int j = 0; j < NC; ++j) c[r][j] += a * b[j];
+    }
+  }
+  for (int r = 0; r < kMR; ++r)
+    for (int j = 0; j < NC; ++j) C[r * ldc + j] = c[r][j];
+#endif
 }
+
+// A strided set of rows in memory (one head's slice of an interleaved activation: `rows` rows
+// of `row_bytes` bytes, `stride` bytes apart) whose cache lines get prefetched a few at a time.
+class RowPrefetcher {
+ public:
+  RowPrefetcher() = default;
+  RowPrefetcher(const void* base, size_t stride, size_t row_bytes, int rows, bool write)
+      : base_(static_cast<const char*>(base)), stride_(stride), rows_(rows), write_(write) {
+    const bool aligned = reinterpret_cast<uintptr_t>(base) % 64 == 0 && stride % 64 == 0;
+    lines_per_row_ = static_cast<int>((row_bytes + 63) / 64) + (aligned ? 0 : 1);
+  }
+  int total_lines() const { return lines_per_row_ * rows_; }
+  // Prefetches up to n more lines; returns how many it did.
+  int issue(int n) {
+    int done = 0;
+    for (; done < n && row_ < rows_; ++done) {
+      const char* p = base_ + row_ * stride_ + line_ * 64;
+      if (write_) __builtin_prefetch(p, 1, 2); else __builtin_prefetch(p, 0, 2);
+      if (++line_ == lines_per_row_) line_ = 0, ++row_;
+    }
+    return done;
+  }
+
+ private:
+  const char* base_ = nullptr;
+  size_t stride_ = 0;
+  int lines_per_row_ = 0, rows_ = 0, row_ = 0, line_ = 0;
+  bool write_ = false;
+};
+
+// Software prefetches spread evenly over a head's arithmetic: the next head's inputs and this
+// head's outputs live in big interleaved arrays (a new 4 KiB page every token or two, which
+// the hardware prefetchers do not follow), and without this the gathers and scatters stall on
+// DRAM. tile_gemm issues a few after every row block.
+class PrefetchQueue {
+ public:
+  void add(const RowPrefetcher& r) {
+    if (n_ < kMax) pf_[n_++] = r;
+  }
+  // Sets the number of lines per call of step() so that all lines go in `steps` calls.
+  void plan(int steps) {
+    int total = 0;
+    for (int i = 0; i < n_; ++i) total += pf_[i].total_lines();
+    per_step_ = steps > 0 ? (total + steps - 1) / steps : total;
+  }
+  void step() {
+    for (int n = per_step_; n > 0 && cur_ < n_;) {
+      n -= pf_[cur_].issue(n);
+      if (n > 0) ++cur_;
+    }
+  }
+
+ private:
+  static constexpr int kMax = 6;
+  RowPrefetcher pf_[kMax];
+  int n_ = 0, cur_ = 0, per_step_ = 0;
+};
+
+// Which part of a diagonal (causal) tile a product needs. On a diagonal tile the local query
+// index q and key index k share the origin, and the pair is valid when k <= q.
+enum class Tri {
+  kNone,      // full product
+  kColsFrom,  // C rows = keys, C cols = queries: only columns q >= row, from the vector that
+              // holds column `row` on (S^T and dP^T); the columns skipped are left unwritten
+  kKUpper,    // C rows = queries, k = keys: only k <= row (P V and dS K)
+  kKLower,    // C rows = keys, k = queries: only k >= row (P^T dO and dS^T Q)
+};
+
+// C[M, N] (+)= A(M x K) B[K, N] with M a multiple of kMR and N a multiple of kVec.
+// Not inlined: inside the big attention loops gcc runs out of registers for the micro-kernel
+// and spills an accumulator (~10% slower).
+__attribute__((noinline)) void tile_gemm(int M, int N, int K, const float* A, ptrdiff_t ars, ptrdiff_t acs,
+               const float* B, ptrdiff_t ldb, float* C, ptrdiff_t ldc, bool accumulate,
+               Tri tri, PrefetchQueue& pq) {
+  for (int r0 = 0; r0 < M; r0 += kMR) {
+    int kb = 0, ke = K, c_begin = 0;
+    if (tri == Tri::kColsFrom) c_begin = r0 / kVec * kVec;
+    if (tri == Tri::kKUpper) ke = std::min(K, r0 + kMR);
+    if (tri == Tri::kKLower) kb = r0;
+    const float* a = A + r0 * ars;
+    float* c = C + r0 * ldc;
+    for (int c0 = c_begin; c0 < N; c0 += 4 * kVec) {
+      switch (std::min(4, (N - c0) / kVec)) {
+        case 4: micro_kernel<4>(kb, ke, a, ars, acs, B + c0, ldb, c + c0, ldc, accumulate); break;
+        case 3: micro_kernel<3>(kb, ke, a, ars, acs, B + c0, ldb, c + c0, ldc, accumulate); break;
+        case 2: micro_kernel<2>(kb, ke, a, ars, acs, B + c0, ldb, c + c0, ldc, accumulate); break;
+        default: micro_kernel<1>(kb, ke, a, ars, acs, B + c0, ldb, c + c0, ldc, accumulate); break;
+      }
+    }
+    pq.step();
+  }
+}
+
+// out[16 x 16] (row stride ldo) = in[16 x 16]^T (row stride ldi).
+inline void transpose16(const float* in, ptrdiff_t ldi, float* out, ptrdiff_t ldo) {
+#if defined(__AVX512F__)
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in + i * ldi);
+  // within 128-bit lanes: pairs of rows, then quads of rows
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), e = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));      // column 4l   of rows i..i+3
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));  // column 4l+1
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));  // column 4l+2
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));  // column 4l+3
+  }
+  // across lanes: 0x88 takes lanes (0, 2) of each operand, 0xdd lanes (1, 3)
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + 4 + j], 0x88);
+      t[i + 4 + j] = _mm512_shuffle_f32x4(r[i + j], r[i + 4 + j], 0xdd);
+    }
+  for (int j = 0; j < 4; ++j) {
+    _mm512_storeu_ps(out + j * ldo, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
+    _mm512_storeu_ps(out + (j + 8) * ldo, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd));
+    _mm512_storeu_ps(out + (j + 4) * ldo, _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88));
+    _mm512_storeu_ps(out + (j + 12) * ldo, _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd));
+  }
+#else
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) out[j * ldo + i] = in[i * ldi + j];
+#endif
+}
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Per-head geometry: T real tokens padded to Tp (a multiple of the tile), HD to Dp (of kVec).
+struct Dims {
+  int T, NH, HD, Tp, Dp, ntiles;
+  size_t tok;  // floats per token of qkv: 3 NH HD
+  Dims(int T_, int NH_, int HD_)
+      : T(T_), NH(NH_), HD(HD_), Tp(round_up(T_, kTile)), Dp(round_up(HD_, kVec)),
+        ntiles(round_up(T_, kTile) / kTile), tok(static_cast<size_t>(3) * NH_ * HD_) {}
+  size_t head_elems() const { return static_cast<size_t>(Tp) * Dp; }
+};
+
+// dst [Tp, Dp] = s * (T rows of HD floats at src, `stride` floats apart); padding untouched.
+void gather(float* dst, const float* src, size_t stride, float s, const Dims& d) {
+  constexpr int kAhead = 6;
+  for (int t = 0; t < d.T; ++t) {
+    const float* r = src + t * stride;
+    if (t + kAhead < d.T)
+      for (int i = 0; i < d.HD; i += kVec) __builtin_prefetch(r + kAhead * stride + i);
+    float* o = dst + static_cast<size_t>(t) * d.Dp;
+#pragma omp simd
+    for (int i = 0; i < d.HD; ++i) o[i] = r[i] * s;
+  }
+}
+
+// dst [Tp/64][Dp][64] = src [Tp, Dp] transposed one key tile at a time.
+void transpose_tiles(float* dst, const float* src, const Dims& d) {
+  for (int t0 = 0; t0 < d.Tp; t0 += kVec)
+    for (int i0 = 0; i0 < d.Dp; i0 += kVec)
+      transpose16(src + static_cast<size_t>(t0) * d.Dp + i0, d.Dp,
+                  dst + static_cast<size_t>(t0 / kTile) * d.Dp * kTile +
+                      static_cast<size_t>(i0) * kTile + t0 % kTile,
+                  kTile);
+}
+
+// The distance bias of a tile st[k][q] (key j = j0 + k, query i = i0 + q, base = i0 - j0):
+// logit = score - c * (base + q - k). The distance is an exact small integer in float, and
+// c * distance is one rounding, like the fork's c * |i - j|.
+
+// One online-softmax step on a tile st[k][q] of scores S^T, in place: st becomes
+// P^T = exp(S^T - c dist - m_new) (0 above the diagonal); each query's running max m, sum l and
+// output row o[q, :] (rescaled by exp(m_old - m_new)) are updated. Queries run along the rows,
+// so the max and the sum are vertical (vector) operations.
+template <bool kDiag>
+void online_softmax_tile(float* st, float* m, float* l, float* o, int Dp, float c, int base) {
+  alignas(64) float mnew[kTile], lsum[kTile];
+#if defined(__AVX512F__)
+  static_assert(kTile == 4 * kVec);
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512 cv = _mm512_set1_ps(c);
+  __m512i qidx[4];
+  __m512 dist0[4], mx[4], sum[4];
+  for (int v = 0; v < 4; ++v) {
+    qidx[v] = _mm512_add_epi32(lane, _mm512_set1_epi32(v * kVec));
+    dist0[v] = _mm512_cvtepi32_ps(_mm512_add_epi32(qidx[v], _mm512_set1_epi32(base)));
+    mx[v] = _mm512_loadu_ps(m + v * kVec);
+    sum[v] = _mm512_setzero_ps();
+  }
+  // the biased logits are written back, then exponentiated in a second pass
+  for (int k = 0; k < kTile; ++k) {
+    float* row = st + k * kTile;
+    const __m512 kf = _mm512_set1_ps(static_cast<float>(k));
+    for (int v = 0; v < 4; ++v) {
+      const __m512 x = _mm512_sub_ps(_mm512_loadu_ps(row + v * kVec),
+                                     _mm512_mul_ps(cv, _mm512_sub_ps(dist0[v], kf)));
+      _mm512_storeu_ps(row + v * kVec, x);
+      if (kDiag) {  // valid where q >= k
+        const __mmask16 ok = _mm512_cmpge_epi32_mask(qidx[v], _mm512_set1_epi32(k));
+        mx[v] = _mm512_mask_max_ps(mx[v], ok, x, mx[v]);
+      } else {
+        mx[v] = _mm512_max_ps(x, mx[v]);
+      }
+    }
+  }
+  for (int k = 0; k < kTile; ++k) {
+    float* row = st + k * kTile;
+    for (int v = 0; v < 4; ++v) {
+      __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(row + v * kVec), mx[v]));
+      if (kDiag) p = _mm512_maskz_mov_ps(_mm512_cmpge_epi32_mask(qidx[v], _mm512_set1_epi32(k)), p);
+      _mm512_storeu_ps(row + v * kVec, p);
+      sum[v] = _mm512_add_ps(sum[v], p);
+    }
+  }
+  for (int v = 0; v < 4; ++v) {
+    _mm512_store_ps(mnew + v * kVec, mx[v]);
+    _mm512_store_ps(lsum + v * kVec, sum[v]);
+  }
+#else
+  for (int q = 0; q < kTile; ++q) mnew[q] = m[q], lsum[q] = 0.0f;
+  for (int k = 0; k < kTile; ++k) {
+    float* row = st + k * kTile;
+    for (int q = 0; q < kTile; ++q) {
+      row[q] -= c * static_cast<float>(base + q - k);
+      const float v = (kDiag && q < k) ? -kInf : row[q];
+      mnew[q] = v > mnew[q] ? v : mnew[q];
+    }
+  }
+  for (int k = 0; k < kTile; ++k) {
+    float* row = st + k * kTile;
+    for (int q = 0; q < kTile; ++q) {
+      const float p = (kDiag && q < k) ? 0.0f : exp_scalar(row[q] - mnew[q]);
+      row[q] = p;
+      lsum[q] += p;
+    }
+  }
+#endif
+  for (int q = 0; q < kTile; ++q) {
+    if (mnew[q] != m[q]) {
+      const float corr = m[q] == -kInf ? 0.0f : exp_scalar(m[q] - mnew[q]);
+      l[q] *= corr;
+      m[q] = mnew[q];
+      float* orow = o + static_cast<size_t>(q) * Dp;
+#pragma omp simd
+      for (int e = 0; e < Dp; ++e) orow[e] *= corr;
+    }
+    l[q] += lsum[q];
+  }
+}
+
+// P^T = exp(S^T - c dist - lse) in place (0 above the diagonal); st[k][q], L[q] = lse of query q.
+template <bool kDiag>
+void probs_tile(float* st, const float* L, float c, int base) {
+#if defined(__AVX512F__)
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512 cv = _mm512_set1_ps(c);
+  __m512 lv[4], dist0[4];
+  __m512i qidx[4];
+  for (int v = 0; v < 4; ++v) {
+    lv[v] = _mm512_loadu_ps(L + v * kVec);
+    qidx[v] = _mm512_add_epi32(lane, _mm512_set1_epi32(v * kVec));
+    dist0[v] = _mm512_cvtepi32_ps(_mm512_add_epi32(qidx[v], _mm512_set1_epi32(base)));
+  }
+  for (int k = 0; k < kTile; ++k) {
+    float* row = st + k * kTile;
+    const __m512 kf = _mm512_set1_ps(static_cast<float>(k));
+    for (int v = 0; v < 4; ++v) {
+      const __m512 x = _mm512_sub_ps(_mm512_loadu_ps(row + v * kVec),
+                                     _mm512_mul_ps(cv, _mm512_sub_ps(dist0[v], kf)));
+      __m512 p = exp16(_mm512_sub_ps(x, lv[v]));
+      if (kDiag) p = _mm512_maskz_mov_ps(_mm512_cmpge_epi32_mask(qidx[v], _mm512_set1_epi32(k)), p);
+      _mm512_storeu_ps(row + v * kVec, p);
+    }
+  }
+#else
+  for (int k = 0; k < kTile; ++k) {
+    float* row = st + k * kTile;
+    for (int q = 0; q < kTile; ++q)
+      row[q] = (kDiag && q < k) ? 0.0f
+                                : exp_scalar(row[q] - c * static_cast<float>(base + q - k) - L[q]);
+  }
+#endif
+}
+
+// dS^T = P^T * (dP^T - D) in place on dpt (0 above the diagonal); D[q] = rowsum(dO * o).
+// Returns sum dS * dist over the tile (dL/dc is minus the sum over all tiles): each query sums
+// its 64 keys in float, the 64 queries are then added in double.
+template <bool kDiag>
+double dscores_tile(float* dpt, const float* pt, const float* D, int base) {
+  alignas(64) float acc[kTile] = {};
+  for (int k = 0; k < kTile; ++k) {
+    float* row = dpt + k * kTile;
+    const float* prow = pt + k * kTile;
+    const int b = base - k;
+#pragma omp simd
+    for (int q = 0; q < kTile; ++q) {
+      const float ds = (kDiag && q < k) ? 0.0f : prow[q] * (row[q] - D[q]);
+      row[q] = ds;
+      acc[q] += ds * static_cast<float>(b + q);
+    }
+  }
+  double s = 0.0;
+  for (int q = 0; q < kTile; ++q) s += acc[q];
+  return s;
+}
+
+}  // namespace
 
 void semigroup_attention_forward(float* y, float* o, float* lse, const float* qkv, int B, int T,
                                  int NH, int HD, float t, float c) {
-  const int C3 = 3 * NH * HD;
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const Dims d(T, NH, HD);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < NH; ++h) {
-      float s[TILE];
-      std::vector<float> acc(HD);
-      for (int i = 0; i < T; ++i) {
-        const float* qi = qkv + (static_cast<size_t>(b) * T + i) * C3 + h * HD;
-        float m = -INFINITY, l = 0.0f;
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int j0 = 0; j0 <= i; j0 += TILE) {
-          const int j1 = std::min(i + 1, j0 + TILE);
-          float tm = -INFINITY;
-          for (int j = j0; j < j1; ++j) {
-            const float* kj = qkv + (static_cast<size_t>(b) * T + j) * C3 + NH * HD + h * HD;
-            float d = 0.0f;
-#pragma omp simd reduction(+ : d)
-            for (int e = 0; e < HD; ++e) d += qi[e] * kj[e];
-            s[j - j0] = d * scale - c * static_cast<float>(i - j);
-            tm = std::max(tm, s[j - j0]);
-          }
-          const float mn = std::max(m, tm), r = exp_scalar(m - mn);
-          l *= r;
-          for (int e = 0; e < HD; ++e) acc[e] *= r;
-#pragma omp simd
-          for (int j = j0; j < j1; ++j) s[j - j0] = exp_scalar(s[j - j0] - mn);
-          for (int j = j0; j < j1; ++j) {
-            const float p = s[j - j0];
-            l += p;
-            const float* vj = qkv + (static_cast<size_t>(b) * T + j) * C3 + 2 * NH * HD + h * HD;
-#pragma omp simd
-            for (int e = 0; e < HD; ++e) acc[e] += p * vj[e];
-          }
-          m = mn;
+  const int nunits = B * NH;
+  const int Dp = d.Dp;
+  const size_t tile_elems = static_cast<size_t>(kTile) * Dp;
+  const size_t ostride = static_cast<size_t>(NH) * HD;  // of o and y
+  const size_t tok_bytes = d.tok * sizeof(float);
+  const size_t head_bytes = static_cast<size_t>(HD) * sizeof(float);
+
+#pragma omp parallel
+  {
+    const size_t he = d.head_elems();
+    Carver ws(fwd_workspace.get(4 * he + kTile * kTile + tile_elems, T, HD));
+    float* const qt = ws.take(he);
+    float* const kk = ws.take(he);
+    float* const vv = ws.take(he);
+    float* const tmp = ws.take(he);
+    float* const s = ws.take(kTile * kTile);
+    float* const acc = ws.take(tile_elems);
+    alignas(64) float m[kTile], l[kTile];
+
+#pragma omp for schedule(static)
+    for (int bh = 0; bh < nunits; ++bh) {
+      const int b = bh / NH, h = bh % NH;
+      const float* base = qkv + static_cast<size_t>(b) * T * d.tok + static_cast<size_t>(h) * HD;
+      gather(tmp, base, d.tok, scale, d);
+      transpose_tiles(qt, tmp, d);
+      gather(kk, base + NH * HD, d.tok, 1.0f, d);
+      gather(vv, base + 2 * NH * HD, d.tok, 1.0f, d);
+
+      // prefetch, spread over the products: the next head's q, k, v and this head's o and y
+      PrefetchQueue pq;
+      if (bh + 1 < nunits) {
+        const int b1 = (bh + 1) / NH, h1 = (bh + 1) % NH;
+        const float* base1 = qkv + static_cast<size_t>(b1) * T * d.tok + static_cast<size_t>(h1) * HD;
+        for (int part = 0; part < 3; ++part)
+          pq.add(RowPrefetcher(base1 + part * NH * HD, tok_bytes, head_bytes, T, false));
+      }
+      const size_t obase = static_cast<size_t>(b) * T * ostride + static_cast<size_t>(h) * HD;
+      pq.add(RowPrefetcher(o + obase, ostride * sizeof(float), head_bytes, T, true));
+      pq.add(RowPrefetcher(y + obase, ostride * sizeof(float), head_bytes, T, true));
+      pq.plan(d.ntiles * (d.ntiles + 1) / 2 * 2 * (kTile / kMR));
+
+      for (int qi = 0; qi < d.ntiles; ++qi) {
+        const int i0 = qi * kTile;
+        const float* qti = qt + qi * tile_elems;
+        std::fill(acc, acc + tile_elems, 0.0f);
+        std::fill(m, m + kTile, -kInf);
+        std::fill(l, l + kTile, 0.0f);
+        for (int kj = 0; kj <= qi; ++kj) {
+          const bool diag = kj == qi;
+          const int dbase = i0 - kj * kTile;
+          // S^T = K_j Qs_i^T  [keys x queries]
+          tile_gemm(kTile, kTile, Dp, kk + kj * tile_elems, Dp, 1, qti, kTile, s, kTile, false,
+                    diag ? Tri::kColsFrom : Tri::kNone, pq);
+          if (diag)
+            online_softmax_tile<true>(s, m, l, acc, Dp, c, dbase);
+          else
+            online_softmax_tile<false>(s, m, l, acc, Dp, c, dbase);
+          // O_i += P V_j, with P(q, k) = s[k][q]
+          tile_gemm(kTile, Dp, kTile, s, 1, kTile, vv + kj * tile_elems, Dp, acc, Dp, true,
+                    diag ? Tri::kKUpper : Tri::kNone, pq);
         }
-        const size_t row = ((static_cast<size_t>(b) * T + i) * NH + h) * HD;
-        const float* vi = qkv + (static_cast<size_t>(b) * T + i) * C3 + 2 * NH * HD + h * HD;
-        const float inv = 1.0f / l;
-        for (int e = 0; e < HD; ++e) {
-          o[row + e] = acc[e] * inv;
-          y[row + e] = (1.0f - t) * vi[e] + t * o[row + e];
+        // the real rows: o = O / l, y = (1 - t) v + t o, lse
+        const int nrows = std::min(kTile, T - i0);
+        for (int rr = 0; rr < nrows; ++rr) {
+          const int tok = i0 + rr;
+          const float inv = 1.0f / l[rr];
+          const float* arow = acc + static_cast<size_t>(rr) * Dp;
+          const float* vrow = vv + static_cast<size_t>(tok) * Dp;
+          const size_t off = obase + static_cast<size_t>(tok) * ostride;
+#pragma omp simd
+          for (int e = 0; e < HD; ++e) {
+            const float oe = arow[e] * inv;
+            o[off + e] = oe;
+            y[off + e] = (1.0f - t) * vrow[e] + t * oe;
+          }
+          lse[static_cast<size_t>(bh) * T + tok] = m[rr] + std::log(l[rr]);
         }
-        lse[(static_cast<size_t>(b) * NH + h) * T + i] = m + std::log(l);
       }
     }
+  }
 }
 
 void semigroup_attention_backward(float* dqkv, double* dt, double* dc, const float* dy,
                                   const float* qkv, const float* o, const float* lse, int B, int T,
                                   int NH, int HD, float t, float c) {
-  const int C3 = 3 * NH * HD;
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const Dims d(T, NH, HD);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  std::vector<double> part_t(static_cast<size_t>(B) * NH, 0.0), part_c(static_cast<size_t>(B) * NH, 0.0);
-  // dqkv is overwritten: every (b, h) owns its q, k, v columns, so the heads run in parallel.
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < NH; ++h) {
-      for (int i = 0; i < T; ++i) {
-        float* d = dqkv + (static_cast<size_t>(b) * T + i) * C3;
-        for (int e = 0; e < HD; ++e) d[h * HD + e] = d[NH * HD + h * HD + e] = d[2 * NH * HD + h * HD + e] = 0.0f;
-      }
-      float p[TILE];
-      std::vector<float> go(HD);
-      double st = 0.0, sc = 0.0;
-      for (int i = 0; i < T; ++i) {
-        const size_t row = ((static_cast<size_t>(b) * T + i) * NH + h) * HD;
-        const float* qi = qkv + (static_cast<size_t>(b) * T + i) * C3 + h * HD;
-        const float* vi = qi + 2 * NH * HD;
-        float* dqi = dqkv + (static_cast<size_t>(b) * T + i) * C3 + h * HD;
-        float* dvi = dqi + 2 * NH * HD;
-        // y = (1 - t) v + t o: dt += dy . (o - v), dv_i += (1 - t) dy, do = t dy
-        float Di = 0.0f;
+  const int nunits = B * NH;
+  const int Dp = d.Dp;
+  const size_t tile_elems = static_cast<size_t>(kTile) * Dp;
+  const size_t ostride = static_cast<size_t>(NH) * HD;  // of o and dy
+  const size_t tok_bytes = d.tok * sizeof(float);
+  const size_t head_bytes = static_cast<size_t>(HD) * sizeof(float);
+  std::vector<double> part_t(nunits, 0.0), part_c(nunits, 0.0);
+
+#pragma omp parallel
+  {
+    const size_t he = d.head_elems();
+    Carver ws(bwd_workspace.get(9 * he + 2 * padded(d.Tp) + 2 * kTile * kTile, T, HD));
+    float* const qs = ws.take(he);
+    float* const qt = ws.take(he);
+    float* const kk = ws.take(he);
+    float* const vv = ws.take(he);
+    float* const dob = ws.take(he);
+    float* const dot = ws.take(he);
+    float* const dq = ws.take(he);
+    float* const dk = ws.take(he);
+    float* const dv = ws.take(he);
+    float* const dvec = ws.take(d.Tp);
+    float* const lvec = ws.take(d.Tp);
+    float* const p = ws.take(kTile * kTile);
+    float* const ds = ws.take(kTile * kTile);
+
+    // dqkv is overwritten: every (b, h) owns its q, k, v columns, so the heads run in parallel.
+#pragma omp for schedule(static)
+    for (int bh = 0; bh < nunits; ++bh) {
+      const int b = bh / NH, h = bh % NH;
+      const float* base = qkv + static_cast<size_t>(b) * T * d.tok + static_cast<size_t>(h) * HD;
+      gather(qs, base, d.tok, scale, d);
+      transpose_tiles(qt, qs, d);
+      gather(kk, base + NH * HD, d.tok, 1.0f, d);
+      gather(vv, base + 2 * NH * HD, d.tok, 1.0f, d);
+      // dO = t dy (padded, and transposed), D = rowsum(dO * o), dt = sum dy . (o - v); lse
+      const size_t obase = static_cast<size_t>(b) * T * ostride + static_cast<size_t>(h) * HD;
+      double st = 0.0;
+      for (int tok = 0; tok < T; ++tok) {
+        const float* gr = dy + obase + static_cast<size_t>(tok) * ostride;
+        const float* orow = o + obase + static_cast<size_t>(tok) * ostride;
+        const float* vrow = vv + static_cast<size_t>(tok) * Dp;
+        if (tok + 6 < T)
+          for (int i = 0; i < HD; i += kVec) {
+            __builtin_prefetch(gr + 6 * ostride + i);
+            __builtin_prefetch(orow + 6 * ostride + i);
+          }
+        float* dst = dob + static_cast<size_t>(tok) * Dp;
+        float acc = 0.0f, at = 0.0f;
+#pragma omp simd reduction(+ : acc, at)
         for (int e = 0; e < HD; ++e) {
-          st += static_cast<double>(dy[row + e]) * (o[row + e] - vi[e]);
-          dvi[e] += (1.0f - t) * dy[row + e];
-          go[e] = t * dy[row + e];
-          Di += go[e] * o[row + e];
+          dst[e] = t * gr[e];
+          acc += dst[e] * orow[e];
+          at += gr[e] * (orow[e] - vrow[e]);
         }
-        const float L = lse[(static_cast<size_t>(b) * NH + h) * T + i];
-        for (int j0 = 0; j0 <= i; j0 += TILE) {
-          const int j1 = std::min(i + 1, j0 + TILE);
-          for (int j = j0; j < j1; ++j) {
-            const float* kj = qkv + (static_cast<size_t>(b) * T + j) * C3 + NH * HD + h * HD;
-            float dd = 0.0f;
-#pragma omp simd reduction(+ : dd)
-            for (int e = 0; e < HD; ++e) dd += qi[e] * kj[e];
-            p[j - j0] = dd * scale - c * static_cast<float>(i - j) - L;
-          }
-#pragma omp simd
-          for (int j = j0; j < j1; ++j) p[j - j0] = exp_scalar(p[j - j0]);
-          for (int j = j0; j < j1; ++j) {
-            const float* kj = qkv + (static_cast<size_t>(b) * T + j) * C3 + NH * HD + h * HD;
-            const float* vj = kj + NH * HD;
-            float* dkj = dqkv + (static_cast<size_t>(b) * T + j) * C3 + NH * HD + h * HD;
-            float* dvj = dkj + NH * HD;
-            const float pj = p[j - j0];
-            float dp = 0.0f;
-#pragma omp simd reduction(+ : dp)
-            for (int e = 0; e < HD; ++e) {
-              dp += go[e] * vj[e];
-              dvj[e] += pj * go[e];
-            }
-            const float ds = pj * (dp - Di);  // gradient at the logit (i, j)
-            sc -= static_cast<double>(ds) * (i - j);
-#pragma omp simd
-            for (int e = 0; e < HD; ++e) {
-              dqi[e] += ds * scale * kj[e];
-              dkj[e] += ds * scale * qi[e];
-            }
-          }
+        st += at;
+        dvec[tok] = acc;
+        lvec[tok] = lse[static_cast<size_t>(bh) * T + tok];
+      }
+      // padded queries: P = 0 whatever the bias (their dO is zero too)
+      for (int tok = T; tok < d.Tp; ++tok) lvec[tok] = kInf;
+      transpose_tiles(dot, dob, d);
+      std::memset(dq, 0, he * sizeof(float));
+      std::memset(dk, 0, he * sizeof(float));
+      std::memset(dv, 0, he * sizeof(float));
+
+      // prefetch, spread over the products: the next head's q, k, v, dy and o, and this head's
+      // output rows
+      PrefetchQueue pq;
+      if (bh + 1 < nunits) {
+        const int b1 = (bh + 1) / NH, h1 = (bh + 1) % NH;
+        const float* base1 = qkv + static_cast<size_t>(b1) * T * d.tok + static_cast<size_t>(h1) * HD;
+        for (int part = 0; part < 3; ++part)
+          pq.add(RowPrefetcher(base1 + part * NH * HD, tok_bytes, head_bytes, T, false));
+        const size_t obase1 = static_cast<size_t>(b1) * T * ostride + static_cast<size_t>(h1) * HD;
+        pq.add(RowPrefetcher(dy + obase1, ostride * sizeof(float), head_bytes, T, false));
+        pq.add(RowPrefetcher(o + obase1, ostride * sizeof(float), head_bytes, T, false));
+      }
+      pq.plan(d.ntiles * (d.ntiles + 1) / 2 * 5 * (kTile / kMR));
+
+      double sc = 0.0;
+      for (int qi = 0; qi < d.ntiles; ++qi) {
+        const int i0 = qi * kTile;
+        const float* q = qs + qi * tile_elems;
+        const float* qti = qt + qi * tile_elems;
+        const float* go = dob + qi * tile_elems;
+        const float* goti = dot + qi * tile_elems;
+        const float* Li = lvec + i0;
+        const float* Di = dvec + i0;
+        float* dqi = dq + qi * tile_elems;
+        for (int kj = 0; kj <= qi; ++kj) {
+          const bool diag = kj == qi;
+          const int dbase = i0 - kj * kTile;
+          const float* kj_rows = kk + kj * tile_elems;
+          // P^T = exp(K_j Qs_i^T - c dist - lse)   [keys x queries]
+          tile_gemm(kTile, kTile, Dp, kj_rows, Dp, 1, qti, kTile, p, kTile, false,
+                    diag ? Tri::kColsFrom : Tri::kNone, pq);
+          if (diag) probs_tile<true>(p, Li, c, dbase); else probs_tile<false>(p, Li, c, dbase);
+          // dV_j += P^T dO_i
+          tile_gemm(kTile, Dp, kTile, p, kTile, 1, go, Dp, dv + kj * tile_elems, Dp, true,
+                    diag ? Tri::kKLower : Tri::kNone, pq);
+          // dP^T = V_j dO_i^T
+          tile_gemm(kTile, kTile, Dp, vv + kj * tile_elems, Dp, 1, goti, kTile, ds, kTile, false,
+                    diag ? Tri::kColsFrom : Tri::kNone, pq);
+          // dS^T = P^T * (dP^T - D); dL/dc = -sum dS dist
+          sc -= diag ? dscores_tile<true>(ds, p, Di, dbase) : dscores_tile<false>(ds, p, Di, dbase);
+          // dQ_i += dS K_j, with dS(q, k) = ds[k][q]
+          tile_gemm(kTile, Dp, kTile, ds, 1, kTile, kj_rows, Dp, dqi, Dp, true,
+                    diag ? Tri::kKUpper : Tri::kNone, pq);
+          // dK_j += dS^T Qs_i
+          tile_gemm(kTile, Dp, kTile, ds, kTile, 1, q, Dp, dk + kj * tile_elems, Dp, true,
+                    diag ? Tri::kKLower : Tri::kNone, pq);
         }
       }
-      part_t[static_cast<size_t>(b) * NH + h] = st;
-      part_c[static_cast<size_t>(b) * NH + h] = sc;
+      // scatter (overwrite) into dqkv: dq / sqrt(HD), dk, dv + (1 - t) dy
+      float* dhead = dqkv + static_cast<size_t>(b) * T * d.tok + static_cast<size_t>(h) * HD;
+      for (int tok = 0; tok < T; ++tok) {
+        float* dst = dhead + static_cast<size_t>(tok) * d.tok;
+        const float* gr = dy + obase + static_cast<size_t>(tok) * ostride;
+        const float* sq = dq + static_cast<size_t>(tok) * Dp;
+        const float* sk = dk + static_cast<size_t>(tok) * Dp;
+        const float* sv = dv + static_cast<size_t>(tok) * Dp;
+#pragma omp simd
+        for (int e = 0; e < HD; ++e) {
+          dst[e] = sq[e] * scale;
+          dst[NH * HD + e] = sk[e];
+          dst[2 * NH * HD + e] = sv[e] + (1.0f - t) * gr[e];
+        }
+      }
+      part_t[bh] = st;
+      part_c[bh] = sc;
     }
+  }
   double st = 0.0, sc = 0.0;  // a fixed order: the same bits for any thread count
-  for (size_t k = 0; k < part_t.size(); ++k) st += part_t[k], sc += part_c[k];
+  for (int k = 0; k < nunits; ++k) st += part_t[k], sc += part_c[k];
   *dt += st;
   *dc += sc;
 }
