@@ -18,9 +18,11 @@ DIR is a folder of runs, DIR/<run-id>/metrics.h5 (or one run folder). Writes int
                         diverged: the largest relative L2 distance between ranks' copies of a
                         replicated parameter vs iteration (symlog axis; 0 = bit-identical), one
                         colour per network model, median over seeds with a min-max band.
-  time_to_target.png    only when a run's net spec has transport=reliable: cumulative simulated
-                        communication time vs train loss, and the time each model needs to reach
-                        the target loss = 1.05 x the exact runs' final train loss.
+  time_to_target.png    train loss vs cumulative simulated step time (measured compute + simulated
+                        communication: link times, retransmissions, deadlines; pipeline runs: the
+                        timeline with its bubble), and the time each model needs to reach the
+                        target loss = 1.05 x the exact runs' final train loss. Runs without
+                        /train/sim_step_s (older ones) use the communication time alone.
 
 Prints "wrote PATH" per figure and "note: ..." for figures it skips. Exit status: 0 ok, 2 bad
 input (message on stderr), 3 missing Python modules. CMake compiles this file into the lossytp
@@ -703,14 +705,16 @@ def is_reliable(net):
     return "transport=reliable" in net
 
 
+def is_bounded(net):
+    return "transport=bounded" in net
+
+
 def plot_time_to_target(runs, outdir):
-    if not any(is_reliable(r["net"]) for r in runs):
-        print("note: time_to_target.png skipped: no run has transport=reliable in its net spec")
-        return None
-    usable = [r for r in runs if r["sim_comm"] is not None and r["train_loss"] is not None
-              and len(r["train_loss"])]
-    if not any(is_reliable(r["net"]) for r in usable):
-        print("note: time_to_target.png skipped: the reliable runs have no /train/sim_comm_s")
+    usable = [r for r in runs if (r["sim_comm"] is not None or r["sim_step"] is not None)
+              and r["train_loss"] is not None and len(r["train_loss"])]
+    if not any(not is_exact(r["net"]) for r in usable):
+        print("note: time_to_target.png skipped: no run over a lossy or partial network has a "
+              "simulated time (/train/sim_step_s or /train/sim_comm_s)")
         return None
     nets = net_order(usable)
     colours = net_colours(nets)
@@ -731,11 +735,12 @@ def plot_time_to_target(runs, outdir):
             base, what = (float(np.median(rel)), "reliable") if rel else (None, None)
         target = base * TARGET_FACTOR if base is not None and math.isfinite(base) else None
         xs_pos = []
-        # Pipeline runs: the simulated step (the pipeline's timeline with its bubble and the
-        # inter-stage links' time, retransmissions included) instead of communication alone.
-        pipelined = all(r["sim_step"] is not None and
-                        (r["config"].get("pipeline-model-parallel-size") or 1) > 1 for r in in_facet)
-        clock = "sim_step" if pipelined else "sim_comm"
+        # The simulated step (compute + communication; pipeline runs: the timeline with its
+        # bubble and the inter-stage links' time) when every run of the panel has it.
+        stepped = all(r["sim_step"] is not None for r in in_facet)
+        pipelined = stepped and all((r["config"].get("pipeline-model-parallel-size") or 1) > 1
+                                    for r in in_facet)
+        clock = "sim_step" if stepped else "sim_comm"
         for net in nets:
             group = [r for r in in_facet if r["net"] == net]
             if not group:
@@ -748,7 +753,7 @@ def plot_time_to_target(runs, outdir):
             if times is None or losses is None:
                 continue
             t, loss = times[1], losses[1]
-            ls = "-" if is_reliable(net) or is_exact(net) else "--"
+            ls = "-" if is_reliable(net) or is_exact(net) else (":" if is_bounded(net) else "--")
             ax.plot(t, loss, color=c, ls=ls, lw=1.8 if is_exact(net) else 1.4,
                     zorder=4 if is_exact(net) else 3)
             xs_pos.extend(t[np.isfinite(t) & (t > 0)].tolist())
@@ -759,7 +764,8 @@ def plot_time_to_target(runs, outdir):
                     reached = float(t[hit[0]])
                     ax.plot([reached], [loss[hit[0]]], marker="o", ms=7, color=c,
                             markeredgecolor="black", zorder=5)
-            kind = "" if is_exact(net) else (" [reliable]" if is_reliable(net) else " [lossy]")
+            kind = "" if is_exact(net) else (" [reliable]" if is_reliable(net) else
+                                              " [bounded]" if is_bounded(net) else " [lossy]")
             reach = ("reaches target at " + fmt_seconds(reached)) if reached is not None else \
                 ("target not reached" if target is not None else "no target")
             label = "%s%s: %s" % (net, kind, reach)
@@ -778,6 +784,7 @@ def plot_time_to_target(runs, outdir):
         if xs_pos and max(xs_pos) / max(min(xs_pos), 1e-30) > 1e3:
             ax.set_xscale("log")
         ax.set_xlabel("cumulative simulated step time (s): pipeline timeline" if pipelined
+                      else "cumulative simulated step time (s): compute + communication" if stepped
                       else "cumulative simulated communication time (s)")
         ax.set_ylabel("train loss (nats/token, mean of last %d iterations)" % FINAL_WINDOW)
         if facet:
@@ -788,13 +795,14 @@ def plot_time_to_target(runs, outdir):
     handles += [Line2D([], [], color="none"),
                 Line2D([], [], color="gray", ls="-", label="reliable transport (retransmits)"),
                 Line2D([], [], color="gray", ls="--", label="lossy transport (no retransmission)"),
+                Line2D([], [], color="gray", ls=":", label="bounded transport (retransmits until a deadline)"),
                 Line2D([], [], color="gray", marker="o", ls="none", markeredgecolor="black",
                        label="first reaches the target loss"),
                 Line2D([], [], color="dimgray", ls="-.", label="target loss")]
-    labels += [""] + [h.get_label() for h in handles[-4:]]
+    labels += [""] + [h.get_label() for h in handles[-5:]]
     fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93), frameon=False,
                title="network model (--net), median over seeds", fontsize=8.5, title_fontsize=9)
-    fig.suptitle("Time to a target loss: reliable vs lossy transport", fontsize=12)
+    fig.suptitle("Time to a target loss (simulated time)", fontsize=12)
     if target_notes:
         fig.text(0.5, -0.01, "\n".join(target_notes), ha="center", va="top", fontsize=8.5,
                  color="dimgray")
