@@ -10,20 +10,9 @@
 #   --quick   a smoke run (1 round, 4 iterations): checks the script, not the numbers
 # Environment: ROUNDS (5), ITERS (12 per run), SKIP (2), THREADS (1), SKIP_BUILD=1 (no build).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=$root/build
-quick=0
-for a in "$@"; do
-  if [[ $a == --quick ]]; then quick=1; else build=$a; fi
-done
+source "$(dirname "$0")/lib.bash" semigroup "$@"
 ROUNDS=${ROUNDS:-5} ITERS=${ITERS:-12} SKIP=${SKIP:-2} THREADS=${THREADS:-1}
 if (( quick )); then ROUNDS=1 ITERS=4; fi
-PY=/usr/bin/python3
-"$PY" -c 'import h5py' 2>/dev/null || { echo "bench/semigroup.sh: $PY cannot import h5py" >&2; exit 1; }
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then cmake --build "$build" -j2 --target lossytp > /dev/null; fi
-bin=$build/lossytp
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
 export OMP_NUM_THREADS=$THREADS
 atts=(softmax semigroup)
 help=$("$bin" train --help 2>&1)  # not piped into grep -q: that would SIGPIPE lossytp under pipefail
