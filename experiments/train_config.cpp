@@ -243,7 +243,9 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   app.add_option("--data-seed", c.data.seed, "seed of the synthetic corpus")->capture_default_str();
   app.add_option("--net", c.net,
                  "network model: exact, drop:rate=R, ge:p=..,r=..,k=..,h=.. or ge:preset=NAME, "
-                 "caat:p=P, composed with + (docs/netmodels.md)")
+                 "down:from=I,to=J, caat:p=P, composed with +; a model's links=SRC-DST|..; options fill=zero|"
+                 "rescale|local|stale|count, scope=, mode=ring|endpoint, transport=lossy|reliable|bounded "
+                 "(deadline=S), encode=hadamard (block=N), packet=, latency=, bandwidth= (docs/netmodels.md)")
       ->capture_default_str();
   app.add_option("--hf-checkpoint", c.hf_checkpoint,
                  "start from this Hugging Face GPT2LMHeadModel or LlamaForCausalLM folder (config.json "
@@ -588,6 +590,10 @@ TrainConfig finish_train_config(TrainOptions& o, int world) {
     bad("--eval-loss-mask " + c.data.eval_loss_mask +
         " needs --eval-data or --eval-data-path (without them --loss-mask is split with --data)");
   const net::NetSpec spec = net::parse_net_spec(c.net);  // throws naming the bad token, before any training
+  // links= naming a rank outside a group of this layout (Comm::set_network checks it again)
+  // (the dp group spans DP x CP ranks)
+  for (const auto& [ranks, group] : {std::pair<int, const char*>{c.tp, "tp"}, {c.dp * c.cp, "dp"}, {c.pp, "pp"}, {c.cp, "cp"}})
+    spec.check_ranks(ranks, group);
   if (c.sequence_parallel && c.tp > 1) {
     if (spec.caat)
       bad("--sequence-parallel does not combine with CAAT-Net (--net " + c.net +

@@ -221,6 +221,15 @@ void max_inplace(Device d, float* y, const float* x, size_t n) {
   LOSSYTP_ON(d, max_inplace(y, x, n));
 }
 double sum(Device d, const float* x, size_t n) { LOSSYTP_ON(d, sum(x, n)); }
+// encode=hadamard of --net: CPU only so far.
+void hadamard_encode(Device d, float* x, size_t n, size_t block, uint64_t key) {
+  if (d != Device::CPU) throw std::runtime_error("encode=hadamard is not yet implemented on CUDA");
+  cpu::hadamard_encode(x, n, block, key);
+}
+void hadamard_decode(Device d, float* x, size_t n, size_t block, uint64_t key) {
+  if (d != Device::CPU) throw std::runtime_error("encode=hadamard is not yet implemented on CUDA");
+  cpu::hadamard_decode(x, n, block, key);
+}
 
 void copy(Device d, float* dst, const float* src, size_t n) {
 #ifdef LOSSYTP_HAVE_CUDA

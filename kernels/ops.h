@@ -150,5 +150,10 @@ double sum(Device d, const float* x, size_t n);
 // Sum of squares over several spans, in double, as a host value (on CUDA: one device-to-host
 // copy for all spans). Fixed order: the same result on every run.
 double sum_squares(Device d, const std::vector<std::pair<const float*, size_t>>& spans);
+// Randomized Hadamard transform of a payload in blocks of `block` floats (kernels/cpu/ops.h),
+// signs keyed by `key`; decode(encode(x)) = x. CPU only so far: a CUDA buffer throws
+// std::runtime_error ("encode=hadamard is not yet implemented on CUDA").
+void hadamard_encode(Device d, float* x, size_t n, size_t block, uint64_t key);
+void hadamard_decode(Device d, float* x, size_t n, size_t block, uint64_t key);
 
 }  // namespace lossytp::ops

@@ -64,11 +64,30 @@ class LossModel {
   // Position of this model among the spec's loss models (set by the parser): separates the
   // random streams of composed models, so "drop:rate=0.1+drop:rate=0.1" loses ~19 %.
   uint32_t index = 0;
+
+  // links=SRC-DST|...: the directed links (ranks within the message's group) this model acts
+  // on; empty = every link. kAnyRank ('*') matches any rank. Set by the parser for any model.
+  struct Link {
+    int src = 0, dst = 0;
+  };
+  static constexpr int kAnyRank = -2;
+  std::vector<Link> links;
+  // Whether the model acts on message m: m's (src, dst) matches one of `links` (directed). An
+  // endpoint-mode message (dst = -1, one mask for every receiver) matches a link by its source.
+  bool acts_on(const Message& m) const;
+  // "links=0-1|1-*" (empty without links), as parse_net_spec reads it back.
+  std::string describe_links() const;
 };
 
-enum class Fill { Zero, Rescale, Local, Stale };
+// What a receiver uses for an element that did not arrive (docs/netmodels.md). Count: in a
+// reduction, the sum of the contributions that arrived scaled by contributors / arrived
+// (Weintraub, Banner and Orda 2025's unbiased aggregate); elsewhere as zero.
+enum class Fill { Zero, Rescale, Local, Stale, Count };
 enum class Mode { Ring, Endpoint };
-enum class Transport { Lossy, Reliable };
+// How a payload is coded on the wire: none, or a randomized Hadamard transform in blocks
+// (encode=hadamard, OptiReduce: a lost packet becomes small noise over its block).
+enum class Encode { None, Hadamard };
+enum class Transport { Lossy, Reliable, Bounded };  // bounded: reliable until NetSpec::deadline_s
 
 struct LinkParams {
   double latency_s = 5e-6;       // per message
@@ -81,8 +100,8 @@ struct DeliveryPlan {
   size_t packet_bytes = 0;        // payload bytes per packet: whole elements, see Message::elem_bytes
   size_t packets = 0;
   size_t lost = 0;                // packets that did not arrive (0 under reliable transport)
-  size_t retransmissions = 0;     // reliable transport only: packets sent again, over all rounds
-  size_t rounds = 0;              // reliable transport only: retransmission rounds
+  size_t retransmissions = 0;     // reliable/bounded transport: packets sent again, over all rounds
+  size_t rounds = 0;              // reliable/bounded transport: retransmission rounds
   std::vector<uint8_t> lost_mask; // per packet, 1 = lost (empty when nothing was lost)
   double seconds = 0.0;           // simulated time on the link
 };
@@ -103,6 +122,9 @@ struct NetSpec {
                                     // to {"tp.fwd", "tp.bwd"}; scope=* selects everything
   Mode mode = Mode::Ring;
   Transport transport = Transport::Lossy;
+  double deadline_s = 0.0;       // transport=bounded: simulated time budget per message (> 0)
+  Encode encode = Encode::None;
+  size_t encode_block = 0;       // block=N (floats, a power of two); 0 = auto, see hadamard_block
   bool has_seed = false;
   uint64_t seed = 0;             // seed= option; otherwise the run's seed is used
   LinkParams link;
@@ -122,10 +144,20 @@ struct NetSpec {
   size_t packet_count(size_t bytes, size_t elem_bytes = 4) const;
   // Packets and simulated time of one message (seed: the run's seed unless seed= was given).
   // Messages outside the scopes lose nothing (their cost is still computed). Under
-  // transport=reliable lost packets are redrawn (Message::attempt = round) until all arrive.
+  // transport=reliable lost packets are redrawn (Message::attempt = round) until all arrive;
+  // under transport=bounded only while the rounds fit in deadline_s (the rest stays lost).
   DeliveryPlan plan(const Message& m, uint64_t run_seed) const;
-  // Stationary loss rate of the composition (independent models: 1 - prod(1 - rate_i)).
+  // Stationary loss rate of the composition (independent models: 1 - prod(1 - rate_i)), on a
+  // link every model acts on (links= ignored: the worst link).
   double stationary_loss_rate() const;
+  // encode=hadamard: the block length (floats) for elements of elem_bytes: block= when given,
+  // else the smallest power of two >= 16 packets' elements (8192 for fp32 and 1450-byte packets).
+  size_t hadamard_block(size_t elem_bytes = 4) const;
+  // The same over the models that act on message m's link (links=; fill=rescale uses it).
+  double loss_rate_for(const Message& m) const;
+  // Throws std::invalid_argument when a links= entry names a rank outside a group of
+  // group_size ranks (Comm::set_network calls it; groups of one rank carry no messages).
+  void check_ranks(int group_size, const std::string& group) const;
   // Canonical text; parse_net_spec(describe()) gives the same spec (and the same masks).
   std::string describe() const;
 };
@@ -135,6 +167,10 @@ struct NetSpec {
 // std::invalid_argument whose message names the offending token (unknown model, key, preset,
 // value out of range, malformed text).
 NetSpec parse_net_spec(const std::string& text);
+
+// encode=hadamard: the 64-bit key of message m's random signs (Philox), a function of (seed,
+// group.site, src, dst, hop, iteration, call): sender and receiver derive it alike.
+uint64_t hadamard_key(const Message& m, uint64_t seed);
 
 // Names and one-line descriptions of the registered models (for --help and errors).
 std::vector<std::pair<std::string, std::string>> registered_models();

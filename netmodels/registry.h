@@ -17,7 +17,8 @@ namespace lossytp::net {
   X(exact, "everything arrives (no keys)")                                                      \
   X(drop, "i.i.d. packet loss: drop:rate=R, R in [0, 1]")                                       \
   X(ge, "Gilbert-Elliott bursty loss: ge:p=..,r=..[,k=1,h=0,step=packet|message,preset=NAME]") \
-  X(caat, "CAAT-Net partial synchronisation: caat:p=P, P in (0, 1] (fraction of channels)")
+  X(caat, "CAAT-Net partial synchronisation: caat:p=P, P in (0, 1] (fraction of channels)")   \
+  X(down, "link outage: down:from=I,to=J[,rounds=R]: iterations I..J (1-based) lose every packet")
 
 // A factory reads the model's own keys (the common options already removed) and either appends
 // a LossModel to spec.models (the parser then sets its index) or sets a field of spec.

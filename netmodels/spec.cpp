@@ -38,7 +38,8 @@ std::string trim(const std::string& s) {
 const std::vector<std::string> kDefaultScopes = {"tp.fwd", "tp.bwd"};
 
 const char* const kCommonKeys[] = {"packet", "fill",    "scope",     "mode",   "seed",
-                                   "transport", "latency", "bandwidth", "timeout"};
+                                   "transport", "latency", "bandwidth", "timeout",
+                                   "deadline", "encode", "block"};
 bool is_common(const std::string& k) {
   return std::any_of(std::begin(kCommonKeys), std::end(kCommonKeys),
                      [&](const char* c) { return k == c; });
@@ -50,6 +51,7 @@ const char* fill_name(Fill f) {
     case Fill::Rescale: return "rescale";
     case Fill::Local: return "local";
     case Fill::Stale: return "stale";
+    case Fill::Count: return "count";
   }
   return "?";
 }
@@ -79,7 +81,8 @@ void apply_common(const std::string& key, const std::string& value, NetSpec& spe
     else if (value == "rescale") spec.fill = Fill::Rescale;
     else if (value == "local") spec.fill = Fill::Local;
     else if (value == "stale") spec.fill = Fill::Stale;
-    else bad(tok + " is not one of zero, rescale, local, stale");
+    else if (value == "count") spec.fill = Fill::Count;
+    else bad(tok + " is not one of zero, rescale, local, stale, count");
   } else if (key == "mode") {
     if (value == "ring") spec.mode = Mode::Ring;
     else if (value == "endpoint") spec.mode = Mode::Endpoint;
@@ -87,7 +90,17 @@ void apply_common(const std::string& key, const std::string& value, NetSpec& spe
   } else if (key == "transport") {
     if (value == "lossy") spec.transport = Transport::Lossy;
     else if (value == "reliable") spec.transport = Transport::Reliable;
-    else bad(tok + " is not one of lossy, reliable");
+    else if (value == "bounded") spec.transport = Transport::Bounded;
+    else bad(tok + " is not one of lossy, reliable, bounded");
+  } else if (key == "encode") {
+    if (value == "none") spec.encode = Encode::None;
+    else if (value == "hadamard") spec.encode = Encode::Hadamard;
+    else bad(tok + " is not one of none, hadamard");
+  } else if (key == "block") {
+    uint64_t v = 0;
+    if (!parse_uint(value, v) || v == 0 || (v & (v - 1)) != 0 || v > (1u << 24))
+      bad(tok + " must be a power of two in [1, 16777216] (floats per Hadamard block)");
+    spec.encode_block = static_cast<size_t>(v);
   } else if (key == "seed") {
     uint64_t v = 0;
     if (!parse_uint(value, v)) bad(tok + " must be a non-negative integer");
@@ -111,6 +124,9 @@ void apply_common(const std::string& key, const std::string& value, NetSpec& spe
     if (key == "bandwidth") {
       if (!(v > 0)) bad(tok + " must be > 0 (bytes per second)");
       spec.link.bandwidth_Bps = v;
+    } else if (key == "deadline") {
+      if (!(v > 0)) bad(tok + " must be > 0 (seconds of simulated time per message)");
+      spec.deadline_s = v;
     } else {
       if (v < 0) bad(tok + " must be >= 0 (seconds)");
       (key == "latency" ? spec.link.latency_s : spec.link.timeout_s) = v;
@@ -118,7 +134,75 @@ void apply_common(const std::string& key, const std::string& value, NetSpec& spe
   }
 }
 
+// links=SRC-DST|...: directed links by rank within the group, '*' for any rank.
+std::vector<LossModel::Link> parse_links(const std::string& model, const std::string& value) {
+  const std::string tok = "links=" + value;
+  std::vector<LossModel::Link> out;
+  auto rank = [&](const std::string& r, const std::string& link) {
+    if (r == "*") return LossModel::kAnyRank;
+    uint64_t v = 0;
+    if (!parse_uint(r, v) || v > 1000000)
+      bad(model + ": link " + quote(link) + " in " + quote(tok) +
+          " is not SRC-DST with ranks (integers >= 0) or '*'");
+    return static_cast<int>(v);
+  };
+  for (const std::string& l : split(value, '|')) {
+    const size_t dash = l.find('-');
+    if (l.empty() || dash == std::string::npos)
+      bad(model + ": link " + quote(l) + " in " + quote(tok) + " is not SRC-DST (e.g. 0-1, 2-*)");
+    LossModel::Link k{rank(l.substr(0, dash), l), rank(l.substr(dash + 1), l)};
+    if (k.src >= 0 && k.src == k.dst) bad(model + ": link " + quote(l) + " in " + quote(tok) + " joins a rank to itself");
+    const bool dup = std::any_of(out.begin(), out.end(), [&](const LossModel::Link& o) {
+      return o.src == k.src && o.dst == k.dst;
+    });
+    if (!dup) out.push_back(k);
+  }
+  return out;
+}
+
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Links (links= on any loss model).
+
+bool LossModel::acts_on(const Message& m) const {
+  if (links.empty()) return true;
+  for (const Link& l : links) {
+    const bool src = l.src == kAnyRank || l.src == m.src;
+    const bool dst = m.dst < 0 || l.dst == kAnyRank || l.dst == m.dst;  // endpoint: by source
+    if (src && dst) return true;
+  }
+  return false;
+}
+
+std::string LossModel::describe_links() const {
+  std::string s;
+  auto r = [](int x) { return x == kAnyRank ? std::string("*") : std::to_string(x); };
+  for (const Link& l : links) s += (s.empty() ? "links=" : "|") + r(l.src) + "-" + r(l.dst);
+  return s;
+}
+
+void NetSpec::check_ranks(int group_size, const std::string& group) const {
+  if (group_size <= 1) return;  // a group of one rank sends no messages
+  for (const auto& model : models)
+    for (const LossModel::Link& l : model->links)
+      for (const int r : {l.src, l.dst})
+        if (r != LossModel::kAnyRank && r >= group_size) {
+          const std::string name = model->describe().substr(0, model->describe().find(':'));
+          auto text = [](int x) { return x == LossModel::kAnyRank ? std::string("*") : std::to_string(x); };
+          bad(name + ": link " + quote(text(l.src) + "-" + text(l.dst)) + " (" + model->describe_links() +
+              ") names rank " + std::to_string(r) +
+              ", outside the " + std::to_string(group_size) + " ranks of group " + quote(group) +
+              " (ranks 0.." + std::to_string(group_size - 1) + ")");
+        }
+}
+
+double NetSpec::loss_rate_for(const Message& m) const {
+  double keep = 1.0;
+  for (const auto& model : models)
+    if (model->acts_on(m)) keep *= 1.0 - model->stationary_loss_rate();
+  return 1.0 - keep;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers shared with the model files.
@@ -233,6 +317,7 @@ NetSpec parse_net_spec(const std::string& text) {
       bad("unknown model " + quote(name) + " (known: " + known + ")");
     }
     KeyValues own;
+    std::string links_value;
     if (colon != std::string::npos) {
       const std::string rest = part.substr(colon + 1);
       if (rest.empty()) bad("malformed " + quote(part) + " (expected key=value after ':')");
@@ -243,7 +328,12 @@ NetSpec parse_net_spec(const std::string& text) {
         const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
         if (key.empty()) bad("malformed " + quote(name + ":" + kv) + " (empty key)");
         if (value.empty()) bad(name + ": empty value in " + quote(kv));
-        if (own.count(key)) bad(name + ": duplicate key " + quote(key));
+        if (own.count(key) || (key == "links" && !links_value.empty()))
+          bad(name + ": duplicate key " + quote(key));
+        if (key == "links") {  // any loss model: handled here, not by the model
+          links_value = value;
+          continue;
+        }
         if (is_common(key)) {
           if (key != "scope" && common_seen.count(key))
             bad("option " + quote(key) + " given twice (" + quote(common_seen[key]) + " and " +
@@ -261,6 +351,12 @@ NetSpec parse_net_spec(const std::string& text) {
     const size_t before = spec.models.size();
     entry->make(own, spec);
     for (size_t i = before; i < spec.models.size(); ++i) spec.models[i]->index = static_cast<uint32_t>(i);
+    if (!links_value.empty()) {
+      if (spec.models.size() == before)
+        bad(name + ": links=" + links_value + " selects the links of a loss model; " + name + " has none");
+      const std::vector<LossModel::Link> links = parse_links(name, links_value);
+      for (size_t i = before; i < spec.models.size(); ++i) spec.models[i]->links = links;
+    }
   }
   for (const auto& [k, v] : common) apply_common(k, v, spec);
   // Default scope: the activation traffic of tensor parallelism (forward and backward of every
@@ -268,6 +364,16 @@ NetSpec parse_net_spec(const std::string& text) {
   if (spec.scopes.empty()) spec.scopes = kDefaultScopes;
   if (spec.transport == Transport::Reliable && !spec.models.empty() && spec.stationary_loss_rate() >= 1.0)
     bad("transport=reliable with a loss rate of 1 can never deliver");
+  if (spec.transport == Transport::Bounded && common_seen.count("deadline") == 0)
+    bad("transport=bounded needs deadline=S (seconds of simulated time per message, > 0)");
+  if (spec.transport != Transport::Bounded && common_seen.count("deadline"))
+    bad("option " + quote(common_seen["deadline"]) + " needs transport=bounded");
+  if (spec.encode != Encode::Hadamard && common_seen.count("block"))
+    bad("option " + quote(common_seen["block"]) + " needs encode=hadamard");
+  // fill=count needs to know which contributions reached each element; the transform spreads
+  // every lost packet over its block (a fractional count per block: not implemented yet)
+  if (spec.encode == Encode::Hadamard && spec.fill == Fill::Count)
+    bad("encode=hadamard with fill=count is not supported yet (use zero, rescale, local or stale)");
   return spec;
 }
 
@@ -300,6 +406,24 @@ size_t NetSpec::packet_count(size_t bytes, size_t elem_bytes) const {
   return (bytes + p - 1) / p;
 }
 
+uint64_t hadamard_key(const Message& m, uint64_t seed) {
+  // model index 'HADA': a stream no loss model uses
+  const PacketStream ps = message_stream(m, seed, 0x48414441u);
+  const uint64_t k = (static_cast<uint64_t>(ps.k1) << 32) | ps.k0;
+  return mix64(k ^ mix64((static_cast<uint64_t>(ps.iter_lo) << 32) | ps.call_lo));
+}
+
+size_t NetSpec::hadamard_block(size_t elem_bytes) const {
+  if (encode_block != 0) return encode_block;
+  // 16 packets: a lost packet is then at most ~1/16 of its block, so each coordinate's error is
+  // ~sqrt(1/16) = 1/4 of the block's rms (docs/netmodels.md); larger blocks spread more but cost
+  // more passes (log2 B) per message.
+  const size_t want = 16 * (packet_payload_bytes(elem_bytes) / std::max<size_t>(1, elem_bytes));
+  size_t b = 1;
+  while (b < want) b *= 2;
+  return b;
+}
+
 double NetSpec::stationary_loss_rate() const {
   double keep = 1.0;
   for (const auto& m : models) keep *= 1.0 - m->stationary_loss_rate();
@@ -314,7 +438,8 @@ DeliveryPlan NetSpec::plan(const Message& m, uint64_t run_seed) const {
   if (models.empty() || d.packets == 0 || !in_scope(m.group, m.site)) return d;
   const uint64_t s = has_seed ? seed : run_seed;
   std::vector<uint8_t> mask(d.packets, 0);
-  for (const auto& model : models) model->drop_packets(m, s, d.packets, mask.data());
+  for (const auto& model : models)
+    if (model->acts_on(m)) model->drop_packets(m, s, d.packets, mask.data());
   size_t lost = 0;
   for (uint8_t x : mask) lost += x;
   if (lost == 0) return d;
@@ -330,7 +455,22 @@ DeliveryPlan NetSpec::plan(const Message& m, uint64_t run_seed) const {
   for (size_t i = 0; i < mask.size(); ++i)
     if (mask[i]) missing.push_back(i);
   Message r = m;
+  const bool bounded = transport == Transport::Bounded;
   for (int round = 1; !missing.empty(); ++round) {
+    if (bounded) {
+      // A round is made only when it ends within the deadline (and the round cap): the
+      // receiver then gives up at the deadline, and what is missing stays lost.
+      size_t resend = 0;
+      for (size_t i : missing) resend += packet_size(i);
+      const double end = d.seconds + link.timeout_s + static_cast<double>(resend) / link.bandwidth_Bps;
+      if (round > kMaxRetransmissionRounds || end > deadline_s) {
+        d.seconds = std::max(d.seconds, deadline_s);
+        d.lost = missing.size();
+        d.lost_mask.assign(d.packets, 0);
+        for (size_t i : missing) d.lost_mask[i] = 1;
+        return d;
+      }
+    }
     if (round > kMaxRetransmissionRounds)
       throw std::runtime_error("--net: reliable transport: " + std::to_string(missing.size()) +
                                " packets of a message at " + m.group + "." + m.site +
@@ -343,7 +483,8 @@ DeliveryPlan NetSpec::plan(const Message& m, uint64_t run_seed) const {
     d.seconds += link.timeout_s + static_cast<double>(bytes) / link.bandwidth_Bps;
     r.attempt = round;
     std::vector<uint8_t> again(missing.size(), 0);
-    for (const auto& model : models) model->drop_packets(r, s, again.size(), again.data());
+    for (const auto& model : models)
+      if (model->acts_on(r)) model->drop_packets(r, s, again.size(), again.data());
     std::vector<size_t> next;
     for (size_t j = 0; j < missing.size(); ++j)
       if (again[j]) next.push_back(missing[j]);
@@ -358,7 +499,11 @@ DeliveryPlan NetSpec::plan(const Message& m, uint64_t run_seed) const {
 std::string NetSpec::describe() const {
   std::vector<std::string> parts;
   if (caat) parts.push_back("caat:p=" + format_double(caat_p));
-  for (const auto& m : models) parts.push_back(m->describe());
+  for (const auto& m : models) {
+    std::string p = m->describe();
+    if (!m->links.empty()) p += (p.find(':') == std::string::npos ? ":" : ",") + m->describe_links();
+    parts.push_back(p);
+  }
   if (parts.empty()) parts.push_back("exact");
   std::vector<std::string> opts;
   const NetSpec def;
@@ -370,7 +515,10 @@ std::string NetSpec::describe() const {
     opts.push_back("scope=" + s);
   }
   if (mode != def.mode) opts.push_back("mode=endpoint");
-  if (transport != def.transport) opts.push_back("transport=reliable");
+  if (transport == Transport::Reliable) opts.push_back("transport=reliable");
+  if (transport == Transport::Bounded) opts.push_back("transport=bounded,deadline=" + format_double(deadline_s));
+  if (encode == Encode::Hadamard) opts.push_back("encode=hadamard");
+  if (encode_block != 0) opts.push_back("block=" + std::to_string(encode_block));
   if (has_seed) opts.push_back("seed=" + std::to_string(seed));
   if (link.latency_s != def.link.latency_s) opts.push_back("latency=" + format_double(link.latency_s));
   if (link.bandwidth_Bps != def.link.bandwidth_Bps)

@@ -67,6 +67,8 @@ void Comm::to_wire(float* buf, size_t n) const {
 }
 
 void Comm::set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_seed) {
+  // links= naming a rank outside this group: one clear error before training.
+  if (spec) spec->check_ranks(size(), group_);
   net_ = std::move(spec);
   seed_ = net_ && net_->has_seed ? net_->seed : run_seed;
 }
@@ -74,6 +76,7 @@ void Comm::set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_se
 Comm::Path Comm::path_for(const std::string& site) const {
   if (!net_ || net_->lossless() || size() == 1 || !net_->in_scope(group_, site)) return Path::Native;
   if (net_->transport == net::Transport::Reliable) return Path::Reliable;
+  // transport=bounded: the plan carries the retransmissions, the lossy path applies what stays lost
   return net_->mode == net::Mode::Ring ? Path::Ring : Path::Endpoint;
 }
 
@@ -128,10 +131,26 @@ void Comm::mask_contribution(float* buf, size_t n, const std::string& site, net:
   c.packets += static_cast<int64_t>(plan.packets);
   c.packets_exposed += static_cast<int64_t>(plan.packets);
   c.packets_lost += static_cast<int64_t>(plan.lost);
-  // A masked contribution has no receiver-side value to keep: local behaves as zero.
+  // transport=bounded: the retransmission rounds (and the wait up to the deadline) of this
+  // contribution, on top of the native hops' time that count_native counted.
+  c.retransmissions += static_cast<int64_t>(plan.retransmissions);
+  c.sim_seconds += std::max(0.0, plan.seconds - (net_->link.latency_s + static_cast<double>(m.bytes) /
+                                                                          net_->link.bandwidth_Bps));
+  // A masked contribution has no receiver-side value to keep: local behaves as zero. Under
+  // fill=count the contribution is masked as zero and scratch_.counts marks what arrived (1) or
+  // not (0), for count_fill() after the reduction.
   net::Fill fill = net_->fill == net::Fill::Local ? net::Fill::Zero : net_->fill;
+  if (fill == net::Fill::Count) {
+    if (device_ != Device::CPU) throw std::runtime_error("fill=count is not yet implemented on CUDA");
+    fill = net::Fill::Zero;
+    float* arrived = scratch_.counts.floats(std::max<size_t>(n, 1));
+    float* ones = scratch_.counts_recv.floats(std::max<size_t>(n, 1));
+    std::fill(ones, ones + n, 1.0f);
+    std::fill(arrived, arrived + n, 0.0f);
+    apply_delivery(arrived, ones, n, plan, net::Fill::Zero, false, ReduceOp::Sum, 1.0f, nullptr, elem_bytes());
+  }
   float* stale = fill == net::Fill::Stale ? stale_.get(site, 2, n) : nullptr;
-  const float rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - net_->stationary_loss_rate()));
+  const float rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - net_->loss_rate_for(m)));
   if (fill == net::Fill::Rescale) {
     // delivered elements are scaled (unbiased sum), lost ones contribute zero
     ops::scale_inplace(device_, buf, rescale, n);
@@ -140,9 +159,34 @@ void Comm::mask_contribution(float* buf, size_t n, const std::string& site, net:
   // Apply the plan in place: the "received" block is the contribution itself.
   float* copy = scratch_.original.floats(std::max<size_t>(n, 1));
   ops::copy(device_, copy, buf, n);
+  if (net_->encode == net::Encode::Hadamard) {
+    // encode=hadamard: the contribution is masked in the encoded domain, then decoded
+    const size_t block = net_->hadamard_block(elem_bytes());
+    const uint64_t key = net::hadamard_key(m, seed_);
+    ops::hadamard_encode(device_, copy, n, block, key);
+    c.elements_filled += static_cast<int64_t>(apply_delivery_encoded(
+        device_, buf, copy, n, plan, fill, false, ReduceOp::Sum, 1.0f, stale, block, key,
+        scratch_.hadamard_ref, elem_bytes()));
+    return;
+  }
   ops::fill(device_, buf, 0.0f, n);
   c.elements_filled += static_cast<int64_t>(apply_delivery_on(
       device_, buf, copy, n, plan, fill, false, ReduceOp::Sum, 1.0f, stale, scratch_.mask, elem_bytes()));
+}
+
+// fill=count after an endpoint-mode reduction: each element's sum scaled by contributors /
+// contributions that arrived (0 when none did). The arrival marks of mask_contribution are
+// summed natively (metadata of the packets: not counted). block: reduce-scatter, n per rank.
+void Comm::count_fill(float* out, size_t n, const size_t* block) {
+  float* arrived = scratch_.counts.floats();
+  float* count = scratch_.counts_recv.floats(std::max<size_t>(n, 1));
+  if (block) backend_->reduce_scatter(arrived, count, *block);
+  else {
+    backend_->all_reduce(arrived, n, ReduceOp::Sum);
+    count = arrived;
+  }
+  const float p = static_cast<float>(size());
+  for (size_t i = 0; i < n; ++i) out[i] = count[i] > 0 ? out[i] * (p / count[i]) : 0.0f;
 }
 
 // Names the site and group in a timeout raised anywhere below a collective.
@@ -269,6 +313,7 @@ void Comm::all_reduce_impl(float* buf, size_t n, const std::string& site, Reduce
       to_wire(buf, n);
       mask_contribution(buf, n, site, net::CollKind::AllReduce, c);
       backend_->all_reduce(buf, n, op);
+      if (net_->fill == net::Fill::Count && op == ReduceOp::Sum) count_fill(buf, n, nullptr);
       to_wire(buf, n);
       break;
     case Path::Ring: {
@@ -341,6 +386,7 @@ void Comm::block_collective(net::CollKind kind, const float* in, float* out, siz
       to_wire(mine, n);
       mask_contribution(mine, n, site, kind, c);
       native(mine);
+      if (!gather && net_->fill == net::Fill::Count) count_fill(out, m, &m);
       break;
     }
     case Path::Ring: {
@@ -385,6 +431,17 @@ void Comm::post_send(const float* buf, size_t n, int dst, int tag, const std::st
   float* copy = send_bufs_[sends_++].floats(std::max<size_t>(n, 1));
   ops::copy(device_, copy, buf, n);
   to_wire(copy, n);
+  const Path path = path_for(site);
+  if (net_ && net_->encode == net::Encode::Hadamard && (path == Path::Ring || path == Path::Endpoint)) {
+    // encode=hadamard: the payload travels encoded; the receiver (p2p_recv) decodes it with the
+    // same key: the message as the receiver describes it
+    net::Message m = message(site, net::CollKind::P2P);
+    m.call = tag;
+    m.src = rank();
+    m.dst = dst;
+    m.hop = 0;
+    ops::hadamard_encode(device_, copy, n, net_->hadamard_block(elem_bytes()), net::hadamard_key(m, seed_));
+  }
   SiteCounters& c = stats_->site(site);
   c.messages += 1;
   c.bytes += static_cast<int64_t>(n * elem_bytes());
@@ -463,13 +520,20 @@ double Comm::p2p_recv(float* buf, size_t n, int src, int tag, const std::string&
     return plan.seconds;
   }
   net::Fill fill = net_->fill;
-  const float rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - net_->stationary_loss_rate()));
+  const float rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - net_->loss_rate_for(m)));
   // A plain receive has no value of its own for a lost element: local is zero, and rescale
   // scales what arrived (below). A sum keeps its own term, as in the ring's reduce hops.
   if (!reduce && (fill == net::Fill::Local || fill == net::Fill::Rescale)) fill = net::Fill::Zero;
+  // count: a plain receive sums nothing (zero); a two-rank sum keeps its own term (local)
+  if (fill == net::Fill::Count) fill = reduce ? net::Fill::Local : net::Fill::Zero;
   float* stale = fill == net::Fill::Stale ? stale_.get(site, reduce ? 4 : 3, n) : nullptr;
-  c.elements_filled += static_cast<int64_t>(apply_delivery_on(
-      device_, buf, in, n, plan, fill, reduce, ReduceOp::Sum, rescale, stale, scratch_.mask, elem_bytes()));
+  if (net_->encode == net::Encode::Hadamard)  // sent encoded (post_send): fill, decode, apply
+    c.elements_filled += static_cast<int64_t>(apply_delivery_encoded(
+        device_, buf, in, n, plan, fill, reduce, ReduceOp::Sum, rescale, stale,
+        net_->hadamard_block(elem_bytes()), net::hadamard_key(m, seed_), scratch_.hadamard_ref, elem_bytes()));
+  else
+    c.elements_filled += static_cast<int64_t>(apply_delivery_on(
+        device_, buf, in, n, plan, fill, reduce, ReduceOp::Sum, rescale, stale, scratch_.mask, elem_bytes()));
   if (!reduce && net_->fill == net::Fill::Rescale) ops::scale_inplace(device_, buf, rescale, n);
   return plan.seconds;
 }

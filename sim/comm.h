@@ -198,6 +198,7 @@ class Comm {
   // Masks this rank's own contribution once (endpoint mode) and counts it.
   void mask_contribution(float* buf, size_t n, const std::string& site, net::CollKind kind,
                          SiteCounters& c);
+  void count_fill(float* out, size_t n, const size_t* block);
   // Simulated time of `hops` received messages under reliable transport (data stays exact).
   void count_reliable(SiteCounters& c, const std::string& site, net::CollKind kind, int hops,
                       size_t bytes_per_hop);

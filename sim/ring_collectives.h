@@ -22,12 +22,17 @@ class StaleStore;
 // Reusable buffers of one Comm, on the Comm's device: steady-state collectives allocate nothing.
 struct CommScratch {
   explicit CommScratch(Device d = Device::CPU)
-      : recv(d, 0), work(d, 0), mask(d, 0), masked(d, 0), original(d, 0) {}
+      : recv(d, 0), work(d, 0), mask(d, 0), masked(d, 0), original(d, 0), counts(d, 0), counts_recv(d, 0),
+        encoded(d, 0), hadamard_ref(d, 0) {}
   DeviceBuffer recv;      // a ring hop's received block
   DeviceBuffer work;      // ring reduce-scatter: the working copy of the input
   DeviceBuffer mask;      // a delivery plan's lost_mask, uploaded to the device (CUDA only)
   DeviceBuffer masked;    // endpoint mode: this rank's masked contribution
   DeviceBuffer original;  // endpoint mode: the contribution before masking
+  // fill=count: contributions summed into each element so far, and a hop's received counts
+  DeviceBuffer counts, counts_recv;
+  // encode=hadamard: a hop's sent block encoded; the encoded fill reference of a received one
+  DeviceBuffer encoded, hadamard_ref;
 };
 
 struct HopContext {
@@ -66,5 +71,17 @@ size_t apply_delivery_on(Device dev, float* own, const float* recv, size_t len,
                          const net::DeliveryPlan& plan, net::Fill fill, bool reduce, ReduceOp op,
                          float rescale, float* stale, DeviceBuffer& mask_scratch,
                          size_t elem_bytes = sizeof(float));
+
+// encode=hadamard (docs/netmodels.md): apply_delivery for a block of len floats received in the
+// encoded domain (recv: overwritten with its decoded value). Lost coordinates get the fill in the
+// encoded domain (zero, local and rescale in a sum: 0; stale: the encoded stale value; local and
+// rescale in a gather: the encoded value of own), then the block is decoded (blocks of `block`,
+// signs keyed by `key`, as the sender encoded it) and reduced into own (rescale: the decoded
+// block scaled by `rescale`) or copied to it; stale (if not null) takes the decoded block.
+// Returns the elements filled (in the encoded domain). CPU only: CUDA throws.
+size_t apply_delivery_encoded(Device dev, float* own, float* recv, size_t len,
+                              const net::DeliveryPlan& plan, net::Fill fill, bool reduce, ReduceOp op,
+                              float rescale, float* stale, size_t block, uint64_t key,
+                              DeviceBuffer& ref_scratch, size_t elem_bytes = sizeof(float));
 
 }  // namespace lossytp

@@ -243,3 +243,24 @@ void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, c
 
 }  // namespace lossytp::cpu
 // ==== end of bf16 attention =======================================================================
+
+// ==== randomized Hadamard transform (kernels/cpu/hadamard.cpp) ====================================
+namespace lossytp::cpu {
+
+// encode=hadamard of --net (docs/netmodels.md). x[0:n] is cut into blocks from offset 0: whole
+// blocks of `block` floats (a power of two), then the tail (n % block) into power-of-two blocks by
+// its binary digits, largest first (1000 = 512+256+128+64+32+8): no padding, every element mixed
+// except that a tail's last blocks are short. hadamard_next_block: the length of the block that
+// starts with `remaining` floats left.
+size_t hadamard_next_block(size_t remaining, size_t block);
+// Orthonormal fast Walsh-Hadamard transform H/sqrt(len) of every block, in place; its own inverse.
+// O(n log block); throws std::invalid_argument unless block is a power of two.
+void hadamard_transform(float* x, size_t n, size_t block);
+// x[i] *= s_i, s_i = +-1 from Philox keyed by `key` (bit i%32 of word i/32): exact, its own inverse.
+void hadamard_signs(float* x, size_t n, uint64_t key);
+// encode = transform(signs(x)); decode = signs(transform(x)): decode(encode(x)) = x to rounding.
+void hadamard_encode(float* x, size_t n, size_t block, uint64_t key);
+void hadamard_decode(float* x, size_t n, size_t block, uint64_t key);
+
+}  // namespace lossytp::cpu
+// ==== end of randomized Hadamard transform ========================================================

@@ -194,15 +194,16 @@ TEST_CASE("net spec: models, presets and composition", "[net]") {
   CHECK(two.stationary_loss_rate() == Approx(1 - 0.9 * 0.8));
 
   const auto reg = registered_models();
-  REQUIRE(reg.size() == 4);
+  REQUIRE(reg.size() == 5);
   CHECK(reg[0].first == "exact");
   CHECK(reg[1].first == "drop");
   CHECK(reg[2].first == "ge");
   CHECK(reg[3].first == "caat");
+  CHECK(reg[4].first == "down");
 }
 
 TEST_CASE("net spec: errors name the offending token", "[net]") {
-  CHECK_THAT(error_of("gee"), Contains("--net: unknown model 'gee' (known: exact, drop, ge, caat)"));
+  CHECK_THAT(error_of("gee"), Contains("--net: unknown model 'gee' (known: exact, drop, ge, caat, down)"));
   CHECK_THAT(error_of("ge:p=0.1,r=0.2,q=1"), Contains("--net: ge: unknown key 'q'"));
   CHECK_THAT(error_of("drop:rate=1.5"), Contains("--net: drop: rate=1.5 is outside [0, 1]"));
   CHECK_THAT(error_of("drop:rate=-0.1"), Contains("rate=-0.1 is outside [0, 1]"));
