@@ -8,19 +8,35 @@ MPIRUN=${MPIRUN:-mpirun}
 rm -rf "$W"; mkdir -p "$W"; cd "$W"
 fails=0; passes=0
 
+# Each case is its own mpirun launch (~2 s, mostly waiting): up to 3 run at once, in the
+# background; settle waits for them and prints their results in order. Checks that depend on
+# a case's effects on disk call settle first.
+cases=0
 expect_error() {  # expect_error NP "expected text" args...
   local np=$1 want=$2; shift 2
-  local out rc
-  out=$("$MPIRUN" --oversubscribe --bind-to none -np "$np" "$L" "$@" 2>&1); rc=$?
-  local nerr; nerr=$(grep -c "lossytp: error:" <<<"$out")
-  if [[ $rc -ne 2 ]] || ! grep -qF -- "$want" <<<"$out" || [[ $nerr -ne 1 ]] ||
-     grep -qiE "core dumped|MPI_ABORT|segmentation" <<<"$out"; then
-    echo "FAIL: np=$np $* -> rc=$rc, $nerr error lines, expected '$want'"; echo "$out" | sed 's/^/    /'
-    fails=$((fails+1))
-  else
-    echo "ok: np=$np $* -> $(grep "lossytp: error:" <<<"$out")"
-    passes=$((passes+1))
-  fi
+  cases=$((cases+1))
+  local res=.case$(printf %03d $cases)  # in $W, where this script runs
+  while (( $(jobs -rp | wc -l) >= 3 )); do wait -n; done
+  (
+    out=$("$MPIRUN" --oversubscribe --bind-to none -np "$np" "$L" "$@" 2>&1); rc=$?
+    nerr=$(grep -c "lossytp: error:" <<<"$out")
+    if [[ $rc -ne 2 ]] || ! grep -qF -- "$want" <<<"$out" || [[ $nerr -ne 1 ]] ||
+       grep -qiE "core dumped|MPI_ABORT|segmentation" <<<"$out"; then
+      { echo "FAIL: np=$np $* -> rc=$rc, $nerr error lines, expected '$want'"; echo "$out" | sed 's/^/    /'; } > "$res.fail"
+    else
+      echo "ok: np=$np $* -> $(grep "lossytp: error:" <<<"$out")" > "$res.ok"
+    fi
+  ) &
+}
+settle() {
+  wait
+  local f
+  for f in .case*; do
+    [[ -e $f ]] || continue
+    cat "$f"
+    if [[ $f == *.ok ]]; then passes=$((passes+1)); else fails=$((fails+1)); fi
+    rm -f "$f"
+  done
 }
 
 small=(--num-layers 1 --hidden-size 32 --num-attention-heads 4 --seq-length 16 --vocab-size 64 --micro-batch-size 2 --train-iters 2 --quiet)
@@ -43,6 +59,7 @@ expect_error 4 "--ffn-hidden-size 702 (the SwiGLU width) is not divisible by --t
 expect_error 1 "unknown --attention 'linear'" train "${llama[@]}" --attention linear
 # a run larger than the machine stops before training, with both numbers, creating nothing
 expect_error 1 "but only" train --model llama-1b --micro-batch-size 256 --train-iters 1 --quiet --out toobig
+settle
 [[ -e toobig ]] && { echo "FAIL: toobig/ was created"; fails=$((fails+1)); }
 cat > toobig.toml <<'TOML'
 [base]
@@ -53,6 +70,7 @@ train-iters = 1
 seed = [1, 2]
 TOML
 expect_error 1 "but only" grid toobig.toml --out toobig-grid
+settle
 [[ -e toobig-grid ]] && { echo "FAIL: toobig-grid/ was created"; fails=$((fails+1)); }
 expect_error 1 "--make-vocab-size-divisible-by must be > 0" train "${llama[@]}" --make-vocab-size-divisible-by 0
 expect_error 1 "--hidden-size 30 is not divisible by --num-attention-heads 4" train "${small[@]}" --hidden-size 30
@@ -113,14 +131,18 @@ expect_error 1 "--recompute-method uniform applies to --recompute-granularity fu
 
 # Resuming: a folder without a checkpoint, or a checkpoint of another model, is refused up front.
 expect_error 1 "no checkpoint there" train "${small[@]}" --load nock --out nock2
+settle
 [[ ! -e nock2 ]] || { echo "FAIL: a refused run created its folder"; fails=$((fails+1)); }
 "$L" train "${small[@]}" --save-interval 1 --out ck > /dev/null 2>&1 || { echo "FAIL: checkpointing run"; fails=$((fails+1)); }
 expect_error 1 "the checkpoint has num-layers = 1, this run 2" train "${small[@]}" --num-layers 2 --load ck --out ck
 
 # An existing run is never overwritten by accident.
+settle
 mkdir -p keep && printf 'precious' > keep/metrics.h5
 expect_error 2 "already exists" train "${small[@]}" --out keep
+settle
 [[ $(cat keep/metrics.h5) == precious ]] || { echo "FAIL: keep/metrics.h5 was modified"; fails=$((fails+1)); }
 
+settle
 echo "bad inputs: $passes passed, $fails failed"
 [[ $fails -eq 0 ]]
