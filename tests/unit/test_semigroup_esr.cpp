@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/semigroup_checks.h"
 #include "common/run_virtual.h"
 #include "common/small_config.h"
 #include "kernels/cpu/ops.h"
@@ -21,6 +22,7 @@
 #include "sim/local_backend.h"
 
 using namespace lossytp;
+using namespace lossytp::testing;
 
 namespace {
 
@@ -82,25 +84,6 @@ std::vector<double> reference(const std::vector<double>& qkvg, int B, int T, int
         }
     }
   return y;
-}
-
-double dot(const std::vector<double>& a, const std::vector<double>& w) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * w[i];
-  return s;
-}
-
-std::vector<float> det(size_t n, double seed, double scale = 1.0) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(scale * std::sin(seed + 0.7 * i + 0.001 * i * i));
-  return v;
-}
-
-int param(ParamStore& s, const std::string& name) {
-  for (size_t i = 0; i < s.specs().size(); ++i)
-    if (s.specs()[i].name == name) return static_cast<int>(i);
-  FAIL("no parameter " << name);
-  return -1;
 }
 
 std::vector<float> tof(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
