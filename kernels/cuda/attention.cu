@@ -85,20 +85,6 @@ __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ __nv_bfloat16 to_bf16(float x) { return __ushort_as_bfloat16(bf16_bits(x)); }
 
-// dst[i] = bf16(src[i]), grid-stride.
-__global__ void round_to_bf16_k(__nv_bfloat16* dst, const float* src, size_t n) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
-    dst[i] = to_bf16(src[i]);
-}
-
-void round_into(__nv_bfloat16* dst, const float* src, size_t n) {
-  if (n == 0) return;
-  const unsigned blocks = std::min<unsigned>(blocks_for(n), 1u << 16);
-  round_to_bf16_k<<<blocks, kThreads>>>(dst, src, n);
-  check_launch("round_to_bf16 (attention)");
-}
-
 // Causal softmax of rows of S (row r is query t = r % T of its head): P[r, k] =
 // exp(S[r, k] - m) / l for k <= t and exactly 0 for k > t; lse[r] = m + log(l), with m the row
 // max and l the sum of exp(S - m) over k <= t. kBf16: P goes to Pb (bf16, same [rows, T] layout)
@@ -254,7 +240,7 @@ void forward_impl(bool bf16, float* out, float* lse, const float* qkv, int B, in
   if (bf16) {
     Pb = attn_bf16_scratch.get<__nv_bfloat16>(p.buf + pad128(p.qkv_elems()));
     __nv_bfloat16* qkv_b = Pb + p.buf;
-    round_into(qkv_b, qkv, p.qkv_elems());
+    round_to_bf16_copy(qkv_b, qkv, p.qkv_elems());
     in = {qkv_b, true};
     P = {Pb, true};
   }
@@ -303,8 +289,8 @@ void backward_impl(bool bf16, float* dqkv, const float* dout, const float* qkv, 
     dSb = Pb + p.buf;
     __nv_bfloat16* qkv_b = dSb + p.buf;
     dout_b = qkv_b + pad128(p.qkv_elems());
-    round_into(qkv_b, qkv, p.qkv_elems());
-    round_into(dout_b, dout, p.out_elems());
+    round_to_bf16_copy(qkv_b, qkv, p.qkv_elems());
+    round_to_bf16_copy(dout_b, dout, p.out_elems());
     in = {qkv_b, true};
     go = {dout_b, true};
     Pop = {Pb, true};

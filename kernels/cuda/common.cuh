@@ -1,5 +1,6 @@
 // Shared helpers of the CUDA kernels (private to kernels/cuda).
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -18,5 +19,8 @@ constexpr int kThreads = 256;
 inline unsigned blocks_for(size_t n, int threads = kThreads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
+
+// dst[i] = bf16(src[i]) with the CPU's rounding (kernels/bf16.h); bf16_round.cu.
+void round_to_bf16_copy(__nv_bfloat16* dst, const float* src, size_t n);
 
 }  // namespace lossytp::cuda

@@ -1,6 +1,7 @@
 // LayerNorm (one warp per row) and tanh-GELU, forward and backward, as kernels/cpu.
 #include <cmath>
 
+#include "kernels/cuda/column_sums.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -53,20 +54,16 @@ __global__ void layernorm_backward_dinp(float* dinp, const float* dout, const fl
   }
 }
 
-// dweight, dbias: one thread per channel, rows in order (deterministic).
-__global__ void layernorm_backward_params(float* dw, float* db, const float* dout, const float* inp,
-                                          const float* mean, const float* rstd, int N, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float sw = 0.0f, sb = 0.0f;
-  for (int n = 0; n < N; ++n) {
+// dweight, dbias: deterministic column sums (column_sums.cuh) of dout * xhat and dout.
+struct LayerNormParamGrads {
+  const float *dout, *inp, *mean, *rstd;
+  int C;
+  __device__ void operator()(int n, int c, float (&v)[2]) const {
     const size_t i = static_cast<size_t>(n) * C + c;
-    sw += dout[i] * (inp[i] - mean[n]) * rstd[n];
-    sb += dout[i];
+    v[0] = dout[i] * (inp[i] - mean[n]) * rstd[n];
+    v[1] = dout[i];
   }
-  dw[c] += sw;
-  db[c] += sb;
-}
+};
 
 constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2/pi)
 
@@ -99,8 +96,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         const float* rstd, int N, int C) {
   layernorm_backward_dinp<<<blocks_for(static_cast<size_t>(N) * 32), kThreads>>>(dinp, dout, inp, weight, mean, rstd, N, C);
   check_launch("layernorm_backward_dinp");
-  layernorm_backward_params<<<blocks_for(C), kThreads>>>(dweight, dbias, dout, inp, mean, rstd, N, C);
-  check_launch("layernorm_backward_params");
+  column_sums<2>({{dweight, dbias}}, N, C, LayerNormParamGrads{dout, inp, mean, rstd, C}, "layernorm_backward_params");
 }
 
 void gelu_forward(float* out, const float* inp, size_t n) {

@@ -25,20 +25,10 @@ namespace lossytp::cuda {
 
 namespace {
 
-// dst[i] = bf16(src[i]), grid-stride.
-__global__ void round_to_bf16_k(__nv_bfloat16* dst, const float* src, size_t n) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
-    dst[i] = __ushort_as_bfloat16(bf16_bits(src[i]));
-}
-
 // The rounded copy of src[0:n] in `scratch`.
 const __nv_bfloat16* rounded(DeviceScratch& scratch, const float* src, size_t n) {
   __nv_bfloat16* dst = scratch.get<__nv_bfloat16>(n);
-  if (n == 0) return dst;
-  const unsigned blocks = std::min<unsigned>(blocks_for(n), 1u << 16);
-  round_to_bf16_k<<<blocks, kThreads>>>(dst, src, n);
-  check_launch("round_to_bf16");
+  round_to_bf16_copy(dst, src, n);
   return dst;
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/cuda/column_sums.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -45,28 +46,15 @@ __global__ void rmsnorm_backward_dinp(float* dinp, const float* dout, const floa
     dinp[off + c] += (dout[off + c] * w[c] - (inp[off + c] * r) * a) * r;
 }
 
-// dw[c] += sum_n dy[n, c] xhat[n, c]. A block owns 32 columns (x: column, coalesced rows); its 16
-// warps (y) sum rows y, y + 16, ... and the 16 partials are added in order (vector_ops.cu's
-// bias_grad): fixed order, deterministic.
-constexpr int kSumCols = 32, kSumRows = 16;
-__global__ void rmsnorm_backward_dweight(float* dw, const float* dout, const float* inp,
-                                         const float* rstd, int N, int C) {
-  __shared__ float part[kSumRows][kSumCols];
-  const int c = blockIdx.x * kSumCols + threadIdx.x;
-  float s = 0.0f;
-  if (c < C)
-    for (int n = threadIdx.y; n < N; n += kSumRows) {
-      const size_t i = static_cast<size_t>(n) * C + c;
-      s += dout[i] * (inp[i] * rstd[n]);
-    }
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float t = 0.0f;
-    for (int k = 0; k < kSumRows; ++k) t += part[k][threadIdx.x];
-    dw[c] += t;
+// dw[c] += sum_n dy[n, c] xhat[n, c]: deterministic column sums (column_sums.cuh).
+struct RmsNormWeightGrad {
+  const float *dout, *inp, *rstd;
+  int C;
+  __device__ void operator()(int n, int c, float (&v)[1]) const {
+    const size_t i = static_cast<size_t>(n) * C + c;
+    v[0] = dout[i] * (inp[i] * rstd[n]);
   }
-}
+};
 
 // ---- rotary embedding: one thread per (token, q or k head, pair i < h). sign -1: the transpose.
 __global__ void rope_k(float* qkv, const float* cos, const float* sin, int T, int NH, int NKV,
@@ -147,9 +135,7 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
     check_launch("rmsnorm_backward_dinp");
   }
   if (dweight != nullptr) {
-    rmsnorm_backward_dweight<<<static_cast<unsigned>((C + kSumCols - 1) / kSumCols), dim3(kSumCols, kSumRows)>>>(
-        dweight, dout, inp, rstd, N, C);
-    check_launch("rmsnorm_backward_dweight");
+    column_sums<1>({{dweight}}, N, C, RmsNormWeightGrad{dout, inp, rstd, C}, "rmsnorm_backward_dweight");
   }
 }
 

@@ -3,6 +3,7 @@
 // give the same result on every run.
 #include <vector>
 
+#include "kernels/cuda/column_sums.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -30,23 +31,12 @@ __global__ void bias_add_k(float* y, const float* b, int N, int C) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
   if (i < static_cast<size_t>(N) * C) y[i] += b[i % C];
 }
-// db[c] += sum_n dy[n, c]. A block owns 32 columns (x: column, coalesced rows); its 16 warps
-// (y) sum rows y, y + 16, ... and the 16 partials are added in order: fixed order, deterministic.
-constexpr int kSumCols = 32, kSumRows = 16;
-__global__ void bias_grad_k(float* db, const float* dy, int N, int C) {
-  __shared__ float part[kSumRows][kSumCols];
-  const int c = blockIdx.x * kSumCols + threadIdx.x;
-  float s = 0.0f;
-  if (c < C)
-    for (int n = threadIdx.y; n < N; n += kSumRows) s += dy[static_cast<size_t>(n) * C + c];
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float t = 0.0f;
-    for (int r = 0; r < kSumRows; ++r) t += part[r][threadIdx.x];
-    db[c] += t;
-  }
-}
+// db[c] += sum_n dy[n, c]: deterministic column sums (column_sums.cuh).
+struct ColumnOf {
+  const float* x;
+  int C;
+  __device__ void operator()(int n, int c, float (&v)[1]) const { v[0] = x[static_cast<size_t>(n) * C + c]; }
+};
 __global__ void copy_cols_k(float* dst, int ldd, const float* src, int lds, int N, int w) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
   if (i >= static_cast<size_t>(N) * w) return;
@@ -188,8 +178,7 @@ void bias_add(float* y, const float* b, int N, int C) {
 
 void bias_grad(float* db, const float* dy, int N, int C) {
   if (C <= 0) return;
-  bias_grad_k<<<static_cast<unsigned>((C + kSumCols - 1) / kSumCols), dim3(kSumCols, kSumRows)>>>(db, dy, N, C);
-  check_launch("bias_grad");
+  column_sums<1>({{db}}, N, C, ColumnOf{dy, C}, "bias_grad");
 }
 
 void copy_cols(float* dst, int ldd, const float* src, int lds, int N, int w) {

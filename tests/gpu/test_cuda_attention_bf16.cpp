@@ -171,20 +171,21 @@ TEST_CASE("bf16 matmul forward and backward match the CPU's bf16 matmul", "[gpu]
     cuda::matmul_backward_bf16(gdx.p, gdw.p, gdb.p, gdy.p, gx.p, gw.p, N, C, OC);
     // Identically rounded operands and exact products on both sides: only the fp32 additions
     // differ. The tensor cores do not add in IEEE round-to-nearest (they align a block of
-    // products to the largest exponent and truncate), so the difference grows with the depth K
-    // of the product: 1e-5 up to K = 256, proportionally beyond.
-    auto tol = [](int K) { return 1e-5 * std::max(1.0, K / 256.0); };
+    // products to the largest exponent and truncate), and cuBLAS picks its algorithm (split-K or
+    // not) per call, so the difference grows with the depth K of the product: up to 2.9e-5 at
+    // K = 512 on an H200 (2026-11-30), 50x below what rounding the operands to bf16 moves.
+    auto tol = [](int K) { return 1e-5 * std::max(1.0, K / 128.0); };
     CHECK(rdiff(gy.host(), y) < tol(C));
     CHECK(rdiff(gy_nb.host(), y_nb) < tol(C));
     CHECK(rdiff(gdx.host(), dx) < tol(OC));
     CHECK(rdiff(gdw.host(), dw) < tol(N));
-    CHECK(rdiff(gdb.host(), db) < 1e-5);  // fp32 column sums, no tensor cores
+    CHECK(rdiff(gdb.host(), db) < tol(N));  // fp32 column sums in another order (1.3e-5 at N = 512)
 
     // nullptr skips dinp and dbias; dweight accumulates again
     cuda::matmul_backward_bf16(nullptr, gdw.p, nullptr, gdy.p, gx.p, gw.p, N, C, OC);
     cpu::matmul_backward_bf16(nullptr, dw.data(), nullptr, dy.data(), x.data(), w.data(), N, C, OC);
-    CHECK(rdiff(gdw.host(), dw) < 2 * tol(N));
-    CHECK(rdiff(gdb.host(), db) < 1e-5);
+    CHECK(rdiff(gdw.host(), dw) < 2 * tol(N));  // two accumulations (4.6e-5 at N = 512 on an H200)
+    CHECK(rdiff(gdb.host(), db) < tol(N));
   }
 }
 
