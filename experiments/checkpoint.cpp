@@ -25,6 +25,11 @@ namespace {
 
 constexpr char kMagicV1[8] = {'L', 'T', 'P', 'C', 'K', 'P', 'T', '1'};  // no checksum
 constexpr char kMagicV2[8] = {'L', 'T', 'P', 'C', 'K', 'P', 'T', '2'};  // XXH3-64 trailer
+constexpr char kMagicV3[8] = {'L', 'T', 'P', 'C', 'K', 'P', 'T', '3'};  // + sections, trailer
+// Version 3: the sections follow the moments as a u64 byte count S and S bytes of (8-byte tag,
+// u64 length, payload) records; readers skip tags they do not know.
+constexpr char kTagNetLinks[8] = {'n', 'e', 't', 'l', 'i', 'n', 'k', 's'};  // net::LinkStates
+constexpr uint64_t kMaxSections = uint64_t{1} << 32;  // a sanity bound on S
 
 struct Header {
   char magic[8];
@@ -151,14 +156,16 @@ void write_atomic(const fs::path& path, const std::vector<Piece>& pieces, bool c
 std::string read_header(std::ifstream& f, const fs::path& path, Header* h) {
   f.read(reinterpret_cast<char*>(h), sizeof *h);
   if (!f) return "checkpoint file " + path.string() + " is truncated (shorter than its header)";
-  if (std::memcmp(h->magic, kMagicV2, 8) != 0 && std::memcmp(h->magic, kMagicV1, 8) != 0)
+  if (std::memcmp(h->magic, kMagicV2, 8) != 0 && std::memcmp(h->magic, kMagicV1, 8) != 0 &&
+      std::memcmp(h->magic, kMagicV3, 8) != 0)
     return "checkpoint file " + path.string() + " is corrupt or not a lossytp checkpoint (bad magic)";
   if (h->numel < 0 || h->numel > (int64_t{1} << 40) || h->opt_shards < 0 || h->opt_shards > (1 << 20))
     return "checkpoint file " + path.string() + " is corrupt (bad header)";
   return "";
 }
 
-bool has_checksum(const Header& h) { return std::memcmp(h.magic, kMagicV2, 8) == 0; }
+bool has_sections(const Header& h) { return std::memcmp(h.magic, kMagicV3, 8) == 0; }
+bool has_checksum(const Header& h) { return std::memcmp(h.magic, kMagicV2, 8) == 0 || has_sections(h); }
 
 // Floats of each AdamW moment in the file.
 uint64_t moment_numel(const Header& h) {
@@ -166,16 +173,36 @@ uint64_t moment_numel(const Header& h) {
   return h.opt_shards > 0 ? optimizer_shard_numel(n, h.opt_shards) : n;
 }
 
-uint64_t expected_size(const Header& h) {
-  return sizeof(Header) + (static_cast<uint64_t>(h.numel) + 2 * moment_numel(h)) * sizeof(float) +
-         (has_checksum(h) ? kTrailer : 0);
+// Bytes of the header, parameters and moments.
+uint64_t arenas_end(const Header& h) {
+  return sizeof(Header) + (static_cast<uint64_t>(h.numel) + 2 * moment_numel(h)) * sizeof(float);
 }
 
-// "" when the file's size is what its header announces.
+// sections: version 3, the byte count S of the sections (the u64 before them is counted here).
+uint64_t expected_size(const Header& h, uint64_t sections = 0) {
+  return arenas_end(h) + (has_sections(h) ? sizeof(uint64_t) + sections : 0) + (has_checksum(h) ? kTrailer : 0);
+}
+
+// Version 3: S, read from the file; "" or what is wrong.
+std::string read_sections_size(const fs::path& path, const Header& h, uint64_t* sections) {
+  *sections = 0;
+  if (!has_sections(h)) return "";
+  std::ifstream f(path, std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(arenas_end(h)));
+  f.read(reinterpret_cast<char*>(sections), sizeof *sections);
+  if (!f) return "checkpoint file " + path.string() + " is truncated (its sections are missing)";
+  if (*sections > kMaxSections) return "checkpoint file " + path.string() + " is corrupt (bad section size)";
+  return "";
+}
+
+// "" when the file's size is what its header (and, version 3, its section size) announces.
 std::string check_size(const fs::path& path, const Header& h) {
   std::error_code ec;
   const uint64_t size = fs::file_size(path, ec);
-  const uint64_t want = expected_size(h);
+  uint64_t sections = 0;
+  if (!ec && size >= arenas_end(h) + sizeof sections)
+    if (std::string bad = read_sections_size(path, h, &sections); !bad.empty()) return bad;
+  const uint64_t want = expected_size(h, sections);
   if (ec || size == want) return "";
   return "checkpoint file " + path.string() + (size < want ? " is truncated: " : " is corrupt: ") +
          std::to_string(size) + " bytes, its header announces " + std::to_string(want);
@@ -197,12 +224,14 @@ std::string checkpoint_file(const std::string& run_dir, int rank, int64_t iterat
 static Tensor on_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
 
 void save_checkpoint(const std::string& run_dir, Backend& run, int64_t iteration,
-                     ParamStore& params, AdamW& opt, const std::string& config_json, int keep) {
+                     ParamStore& params, AdamW& opt, const std::string& config_json, int keep,
+                     const std::vector<uint8_t>& net_links) {
   const int rank = run.rank();
   if (rank == 0) fs::create_directories(dir_of(run_dir));
   run.barrier();
   Header h{};
-  std::memcpy(h.magic, kMagicV2, 8);
+  // version 2 unless there are sections to save: runs without them write what they always did
+  std::memcpy(h.magic, net_links.empty() ? kMagicV2 : kMagicV3, 8);
   h.iteration = iteration;
   h.numel = static_cast<int64_t>(params.numel());
   h.adam_t = opt.t();
@@ -213,10 +242,18 @@ void save_checkpoint(const std::string& run_dir, Backend& run, int64_t iteration
   // device arenas are written through host copies
   const Tensor host[3] = {on_host(params.values()), on_host(opt.m()), on_host(opt.v())};
   const size_t bytes = params.numel() * sizeof(float), mbytes = opt.numel() * sizeof(float);
+  std::vector<Piece> pieces = {
+      {&h, sizeof h}, {host[0].data(), bytes}, {host[1].data(), mbytes}, {host[2].data(), mbytes}};
+  const uint64_t links_len = net_links.size();
+  const uint64_t sections = sizeof kTagNetLinks + sizeof links_len + links_len;
+  if (!net_links.empty()) {
+    pieces.push_back({&sections, sizeof sections});
+    pieces.push_back({kTagNetLinks, sizeof kTagNetLinks});
+    pieces.push_back({&links_len, sizeof links_len});
+    pieces.push_back({net_links.data(), net_links.size()});
+  }
   try {
-    write_atomic(file_of(run_dir, rank, iteration),
-                 {{&h, sizeof h}, {host[0].data(), bytes}, {host[1].data(), mbytes}, {host[2].data(), mbytes}},
-                 true);
+    write_atomic(file_of(run_dir, rank, iteration), pieces, true);
   } catch (const std::exception& e) {
     const int64_t prev = latest_checkpoint(run_dir);
     throw std::runtime_error(std::string(e.what()) + "; the checkpoint of iteration " + std::to_string(iteration) +
@@ -303,7 +340,9 @@ CheckpointCheck verify_checkpoint_file(const std::string& run_dir, int rank, int
   if (c.checksummed) {
     XxhState x;
     x.update(&h, sizeof h);
-    uint64_t left = expected_size(h) - sizeof h - kTrailer;
+    uint64_t sections = 0;
+    if (c.problem = read_sections_size(path, h, &sections); !c.problem.empty()) return c;
+    uint64_t left = expected_size(h, sections) - sizeof h - kTrailer;
     std::vector<char> buf(size_t{4} << 20);
     while (left > 0 && f) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buf.size()));
@@ -363,7 +402,7 @@ ResumePoint find_resume_point(const std::string& run_dir, int nranks) {
 }
 
 void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, ParamStore& params,
-                     AdamW& opt) {
+                     AdamW& opt, std::vector<uint8_t>* net_links) {
   const fs::path path = file_of(run_dir, rank, iteration);
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error("checkpoint file " + path.string() + " is missing");
@@ -397,6 +436,18 @@ void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, Pa
     if (!f) throw std::runtime_error("checkpoint file " + path.string() + " is truncated");
     x.update(host.back().data(), bytes);
   }
+  // Version 3: the sections (checksummed with the rest), parsed once the checksum holds.
+  std::vector<char> sections;
+  if (has_sections(h)) {
+    uint64_t n = 0;
+    f.read(reinterpret_cast<char*>(&n), sizeof n);
+    if (!f || n > kMaxSections) throw std::runtime_error("checkpoint file " + path.string() + " is truncated");
+    sections.resize(static_cast<size_t>(n));
+    f.read(sections.data(), static_cast<std::streamsize>(n));
+    if (!f) throw std::runtime_error("checkpoint file " + path.string() + " is truncated");
+    x.update(&n, sizeof n);
+    x.update(sections.data(), sections.size());
+  }
   if (has_checksum(h)) {
     uint64_t stored = 0;
     f.read(reinterpret_cast<char*>(&stored), sizeof stored);
@@ -405,9 +456,24 @@ void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, Pa
       throw std::runtime_error("checkpoint file " + path.string() +
                                " is corrupt (its XXH3 checksum does not match its contents)");
   }
+  std::vector<uint8_t> links;  // none in version 1 and 2 files: every chain starts fresh
+  for (size_t pos = 0; pos < sections.size();) {
+    uint64_t len = 0;
+    if (sections.size() - pos < sizeof kTagNetLinks + sizeof len)
+      throw std::runtime_error("checkpoint file " + path.string() + " is corrupt (a truncated section)");
+    const char* tag = sections.data() + pos;
+    std::memcpy(&len, tag + sizeof kTagNetLinks, sizeof len);
+    pos += sizeof kTagNetLinks + sizeof len;
+    if (len > sections.size() - pos)
+      throw std::runtime_error("checkpoint file " + path.string() + " is corrupt (a truncated section)");
+    if (std::memcmp(tag, kTagNetLinks, sizeof kTagNetLinks) == 0)
+      links.assign(sections.data() + pos, sections.data() + pos + len);
+    pos += static_cast<size_t>(len);
+  }
   for (int i = 0; i < 3; ++i)
     if (arenas[i]->device() != Device::CPU) arenas[i]->copy_from_host(host[i].data());
   opt.set_t(h.adam_t);
+  if (net_links) *net_links = std::move(links);
 }
 
 std::vector<float> read_checkpoint_values(const std::string& run_dir, int rank, int64_t iteration,
@@ -427,7 +493,7 @@ std::vector<float> read_checkpoint_values(const std::string& run_dir, int rank, 
 }
 
 int64_t load_intact_checkpoint(const std::string& run_dir, Backend& run, ParamStore& params, AdamW& opt,
-                               std::string* note) {
+                               std::string* note, std::vector<uint8_t>* net_links) {
   const int rank = run.rank(), size = run.size();
   // Rank 0 lists the candidates: `latest`, then the older complete checkpoints.
   std::vector<int64_t> cands;
@@ -446,7 +512,7 @@ int64_t load_intact_checkpoint(const std::string& run_dir, Backend& run, ParamSt
   for (int64_t it : cands) {
     std::string err;
     try {
-      load_checkpoint(run_dir, rank, it, params, opt);
+      load_checkpoint(run_dir, rank, it, params, opt, net_links);
     } catch (const std::exception& e) {
       err = e.what();
     }

@@ -14,6 +14,13 @@
 // (models/adamw.h) and a resume needs the same setting.
 // Version 1 files ("LTPCKPT1", lossytp <= 0.1.0) have no checksum: they are still read, with a
 // warning that their contents cannot be verified, after their size is checked.
+// Version 3 ("LTPCKPT3"), written only when there is per-rank state besides the arenas: version 2
+// with, between the moments and the checksum, a u64 byte count S and S bytes of sections, each an
+// 8-byte tag, a u64 length and its payload (readers skip unknown tags). The one section so far:
+// "netlinks", the rank's network link chains (net::LinkStates::serialize, ge ...,state=link), so
+// a resumed run continues every chain where it stopped. A file without it (version 1 or 2, or a
+// run without state=link) means no chain has started: exactly the state of such a run, so a
+// state=link resume never needs to refuse one.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -28,8 +35,10 @@ namespace lossytp {
 // Collective over the run's ranks (run = the run's communicator as a Backend). keep: how many
 // of the newest checkpoints stay on disk (0: all). Throws naming the file when a write fails
 // (a full disk, say): the previous checkpoints and `latest` are then untouched.
+// net_links: this rank's serialized link chains (empty: none, a version-2 file).
 void save_checkpoint(const std::string& run_dir, Backend& run, int64_t iteration,
-                     ParamStore& params, AdamW& opt, const std::string& config_json, int keep = 2);
+                     ParamStore& params, AdamW& opt, const std::string& config_json, int keep = 2,
+                     const std::vector<uint8_t>& net_links = {});
 
 // The iteration `latest` points at in run_dir, or -1 when there is none.
 int64_t latest_checkpoint(const std::string& run_dir);
@@ -59,9 +68,10 @@ ResumePoint find_resume_point(const std::string& run_dir, int nranks);
 
 // Loads this rank's part of checkpoint `iteration`, verifying its checksum as it reads. Throws
 // std::runtime_error naming the file when it is missing, truncated, corrupt, or was written by
-// a different layout or model (the parameters may then be partly overwritten).
+// a different layout or model (the parameters may then be partly overwritten). net_links (if not
+// null) receives the file's "netlinks" section, empty when it has none.
 void load_checkpoint(const std::string& run_dir, int rank, int64_t iteration, ParamStore& params,
-                     AdamW& opt);
+                     AdamW& opt, std::vector<uint8_t>* net_links = nullptr);
 
 // The parameter arena (floats in ParamStore layout) of one rank's file of checkpoint `iteration`,
 // and the TP rank and size that wrote it; for `lossytp export`, after find_resume_point has
@@ -75,7 +85,7 @@ std::vector<float> read_checkpoint_values(const std::string& run_dir, int rank, 
 // ones were passed over and why ("" when `latest` itself was taken). Throws naming the files
 // when none is intact.
 int64_t load_intact_checkpoint(const std::string& run_dir, Backend& run, ParamStore& params, AdamW& opt,
-                               std::string* note);
+                               std::string* note, std::vector<uint8_t>* net_links = nullptr);
 
 // The configuration stored with the checkpoints (JSON), "" when none.
 std::string checkpoint_config(const std::string& run_dir);

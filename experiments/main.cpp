@@ -232,8 +232,9 @@ int cmd_net_sample(const SampleOptions& o) {
   try {
     if (o.packets == 0) throw std::invalid_argument("--packets must be >= 1");
     const net::NetSpec spec = net::parse_net_spec(o.net);
-    const net::LinkSample s = net::sample_link(spec, o.packets, o.seed, o.message_packets);
-    std::fputs(net::format_sample(s, o.json).c_str(), stdout);
+    // a model with a state= option (GE): the given state and the other one, both against theory
+    const auto s = net::sample_link_states(spec, o.packets, o.seed, o.message_packets);
+    std::fputs(net::format_samples(s, o.json).c_str(), stdout);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lossytp: error: %s\n", e.what());

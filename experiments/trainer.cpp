@@ -29,6 +29,7 @@
 #include "models/context_parallel.h"
 #include "experiments/checkpoint.h"
 #include "models/gpt.h"
+#include "netmodels/link_states.h"
 #include "netmodels/netmodel.h"
 #include "sim/layout.h"
 #include "sim/local_backend.h"
@@ -227,9 +228,13 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     b->set_wait_check(peer_failure_check(cfg.out, rank));  // a failed peer ends the wait
   }
   auto net = std::make_shared<const net::NetSpec>(net::parse_net_spec(cfg.net));
+  // ge ...,state=link: one store of this rank's link chains for its groups (keys name the group),
+  // saved in its checkpoints
+  auto link_states = std::make_shared<net::LinkStates>();
   for (Comm* c : {&tp, &dp, &pp, &cp}) {
     c->set_network(net, cfg.seed);
     c->set_wire_bf16(cfg.bf16);
+    c->set_link_states(link_states);
   }
   TPOptions tp_opt;
   tp_opt.caat = net->caat;
@@ -272,7 +277,10 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
   if (!cfg.load.empty()) {
     // every rank's file verified (checksum) and agreed on; an older one when the latest is corrupt
     try {
-      start_it = load_intact_checkpoint(cfg.load, run, params, opt, &fallback);
+      std::vector<uint8_t> links;  // empty when the checkpoint has none: no chain has started
+      start_it = load_intact_checkpoint(cfg.load, run, params, opt, &fallback, &links);
+      if (!links.empty())
+        link_states->deserialize(links.data(), links.size(), checkpoint_file(cfg.load, rank, start_it));
       if (leader && !cfg.quiet && !header && !fallback.empty())  // a grid run: no header
         std::printf("%swarning: %s\n", cfg.progress_prefix.c_str(), fallback.c_str());
     } catch (const std::exception& e) {
@@ -535,9 +543,14 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
     double eval_loss = NAN;
     TaskScores acc;
     if (do_eval) {
+      // Evaluation meets the links' chains where training left them but hands them back
+      // unchanged (state=link): training never depends on when it evaluates (--eval-interval,
+      // the last iteration of a run stopped early and resumed).
+      const net::LinkStates chains_before = *link_states;
       if (cfg.eval_iters > 0) eval_loss = evaluate();
       if (cfg.eval_iters > 0) result.eval_loss.push_back(eval_loss);
       if (task) acc = evaluate_task(*task, model, mb, tp, dp.backend(), layout.dp_rank, layout.dp);
+      *link_states = chains_before;
       if (leader) {
         metrics->append("eval/iteration", iteration);
         if (cfg.eval_iters > 0) metrics->append("eval/loss", eval_loss);
@@ -591,7 +604,8 @@ TrainResult train(const TrainConfig& cfg, const TokenCorpus& corpus, RunRanks ra
         (cfg.save_interval > 0 && (iteration % cfg.save_interval == 0 || iteration == cfg.train_iters))) {
       // metrics first: every row up to the checkpoint is on disk before it can be resumed from
       if (leader) metrics->flush();
-      save_checkpoint(cfg.out, run, iteration, params, opt, config_json, cfg.keep_checkpoints);
+      save_checkpoint(cfg.out, run, iteration, params, opt, config_json, cfg.keep_checkpoints,
+                      link_states->empty() ? std::vector<uint8_t>{} : link_states->serialize());
     }
     if (stop_sig != 0) {
       result.status = "interrupted";

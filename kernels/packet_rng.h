@@ -144,27 +144,31 @@ inline void packet_words(const PacketStream& s, uint64_t b0, size_t blocks, uint
 // stationary distribution (bad when its lane-0 word is below t_pi), packet i > 0 moves the chain
 // with its lane-0 word (chain_step); a packet in state s is lost when its lane-1 word is below
 // t_loss[s] (no lane-1 draw when both thresholds are 0 or 2^32: the loss is the state's).
+// start = 0 or 1 (state=link): the chain's state before the message; packet 0 then moves it with
+// its lane-0 word as every other packet does. Returns the state of the last packet (start when
+// n = 0).
 //
 // Reference version, one packet after the other (what a GPU thread would run per message):
-LOSSYTP_HD void ge_packet_loss_reference(const PacketStream& s, uint64_t t_pi, uint64_t t_gb,
-                                         uint64_t t_bg, const uint64_t t_loss[2], size_t n,
-                                         uint8_t* lost) {
+LOSSYTP_HD int ge_packet_loss_reference(const PacketStream& s, uint64_t t_pi, uint64_t t_gb,
+                                        uint64_t t_bg, const uint64_t t_loss[2], size_t n,
+                                        uint8_t* lost, int start = -1) {
   const bool draw = !((t_loss[0] == 0 || t_loss[0] == (1ull << 32)) &&
                       (t_loss[1] == 0 || t_loss[1] == (1ull << 32)));
-  int state = 0;
+  int state = start;
   for (size_t i = 0; i < n; ++i) {
     const uint32_t w = packet_word(s, i, 0);
-    state = i == 0 ? (w < t_pi ? 1 : 0) : chain_step(state, w, t_gb, t_bg);
+    state = state < 0 ? (w < t_pi ? 1 : 0) : chain_step(state, w, t_gb, t_bg);
     const bool l = draw ? packet_word(s, i, 1) < t_loss[state] : t_loss[state] != 0;
     lost[i] |= static_cast<uint8_t>(l);
   }
+  return state;
 }
 
 // The same, fast on a CPU: the words of a chunk are drawn in a vectorised loop and turned into
 // 2-bit tables (bit s = the next state from s / the loss in s), then the chain runs over them.
-inline void ge_packet_loss(const PacketStream& s, uint64_t t_pi, uint64_t t_gb, uint64_t t_bg,
-                           const uint64_t t_loss[2], size_t n, uint8_t* lost) {
-  if (n == 0) return;
+inline int ge_packet_loss(const PacketStream& s, uint64_t t_pi, uint64_t t_gb, uint64_t t_bg,
+                          const uint64_t t_loss[2], size_t n, uint8_t* lost, int start = -1) {
+  if (n == 0) return start;
   const bool draw = !((t_loss[0] == 0 || t_loss[0] == (1ull << 32)) &&
                       (t_loss[1] == 0 || t_loss[1] == (1ull << 32)));
   const uint8_t fixed = static_cast<uint8_t>((t_loss[0] != 0) | ((t_loss[1] != 0) << 1));
@@ -185,7 +189,7 @@ inline void ge_packet_loss(const PacketStream& s, uint64_t t_pi, uint64_t t_gb, 
     }
     size_t j = 0;
     if (base == 0) {
-      state = w0[0] < t_pi ? 1 : 0;
+      state = start < 0 ? (w0[0] < t_pi ? 1 : 0) : (next[0] >> start) & 1;
       lost[0] |= static_cast<uint8_t>(((draw ? loss[0] : fixed) >> state) & 1);
       j = 1;
     }
@@ -202,6 +206,7 @@ inline void ge_packet_loss(const PacketStream& s, uint64_t t_pi, uint64_t t_gb, 
       }
     }
   }
+  return state;
 }
 
 }  // namespace lossytp::net

@@ -11,11 +11,23 @@
 //   distribution, call c moves it with a uniform keyed by c. A small per-thread cache makes
 //   consecutive calls O(1); results never depend on it. Retransmission rounds of the reliable
 //   transport (Message::attempt = j) see the chain moved j further steps on a stream of their own.
+//
+// state=message (default): the above; a mask is a pure function of the message.
+// state=link: each directed link's chain runs on across its messages, collectives and iterations
+//   (netmodels/link_states.h; the drawing rank's store, reached through Message::link_states).
+//   The words are those of the message's own stream; only the start differs: the link's first
+//   message draws its state from the stationary distribution (the same mask as state=message),
+//   every later one starts from the state the link's previous message left, and the message's
+//   first word moves it (step=packet: packet 0's transition; step=message: the message's one
+//   transition). Every message the model acts on moves the chain: each ring hop, point-to-point
+//   message, endpoint-mode contribution and retransmission round (later packets on the same link).
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 
+#include "netmodels/link_states.h"
 #include "netmodels/registry.h"
 
 namespace lossytp::net {
@@ -67,8 +79,8 @@ constexpr Preset kPresets[] = {
 
 class GilbertElliott final : public LossModel {
  public:
-  GilbertElliott(double p, double r, double k, double h, bool per_message)
-      : p_(p), r_(r), k_(k), h_(h), per_message_(per_message) {
+  GilbertElliott(double p, double r, double k, double h, bool per_message, bool link)
+      : p_(p), r_(r), k_(k), h_(h), per_message_(per_message), link_(link) {
     pi_b_ = p / (p + r);
     loss_[0] = 1.0 - k;
     loss_[1] = 1.0 - h;
@@ -81,10 +93,11 @@ class GilbertElliott final : public LossModel {
 
   std::string describe() const override {
     return "ge:p=" + format_double(p_) + ",r=" + format_double(r_) + ",k=" + format_double(k_) +
-           ",h=" + format_double(h_) + (per_message_ ? ",step=message" : "");
+           ",h=" + format_double(h_) + (per_message_ ? ",step=message" : "") + (link_ ? ",state=link" : "");
   }
 
   void drop_packets(const Message& m, uint64_t seed, size_t n, uint8_t* lost) const override {
+    if (link_) return drop_linked(m, seed, n, lost);
     if (!per_message_) {
       ge_packet_loss(message_stream(m, seed, index), t_pi_, t_gb_, t_bg_, t_loss_, n, lost);
       return;
@@ -104,7 +117,9 @@ class GilbertElliott final : public LossModel {
   //   within one state (i.i.d.):    A = sum_s pi_s l_s (1 - l_s)
   //   across a fresh stationary draw: C = (1 - L) L
   // step=packet, messages of M packets: ((M-1)/M) B + (1/M) C   (M = 0: B)
+  //   state=link: B whatever M (the link's stream is one chain)
   // step=message, messages of M:       ((M-1)/M) A + (1/M) B   (M = 0: the default 1024)
+  //   the same under state=link (the chain moves once at every message boundary either way)
   double mean_burst_length_for(size_t message_packets) const override {
     const double pi[2] = {1 - pi_b_, pi_b_};
     const double T[2][2] = {{1 - p_, p_}, {r_, 1 - r_}};
@@ -118,7 +133,7 @@ class GilbertElliott final : public LossModel {
     double start;
     if (!per_message_) {
       const double M = static_cast<double>(message_packets);
-      start = message_packets == 0 ? B : ((M - 1) / M) * B + (1 / M) * C;
+      start = message_packets == 0 || link_ ? B : ((M - 1) / M) * B + (1 / M) * C;
     } else {
       const double M = static_cast<double>(message_packets ? message_packets : 1024);
       start = ((M - 1) / M) * A + (1 / M) * B;
@@ -129,8 +144,40 @@ class GilbertElliott final : public LossModel {
   }
 
   bool steps_per_message() const override { return per_message_; }
+  bool link_state() const override { return link_; }
+  std::shared_ptr<LossModel> with_link_state(bool link) const override {
+    auto g = std::make_shared<GilbertElliott>(p_, r_, k_, h_, per_message_, link);
+    g->index = index;
+    g->links = links;
+    return g;
+  }
 
  private:
+  // state=link: the message continues its link's chain (see the top of the file). O(1) lookups
+  // besides the message's own words: no history is replayed.
+  void drop_linked(const Message& m, uint64_t seed, size_t n, uint8_t* lost) const {
+    if (!m.link_states)
+      throw std::logic_error("--net: " + describe() + ": state=link keeps each link's chain in the drawing rank's " +
+                             "store, and the message at " + m.group + "." + m.site +
+                             " carries none (Message::link_states)");
+    uint8_t& st = m.link_states->at(index, m.group, m.src, m.dst);
+    const int start = st == LinkStates::kFresh ? -1 : st;
+    const PacketStream ps = message_stream(m, seed, index);
+    if (!per_message_) {
+      const int end = ge_packet_loss(ps, t_pi_, t_gb_, t_bg_, t_loss_, n, lost, start);
+      if (n > 0) st = static_cast<uint8_t>(end);
+      return;
+    }
+    if (n == 0) return;
+    const uint32_t w = packet_word(ps, 0, 0);  // lane 0: the transition (lane 1: the losses)
+    const int state = start < 0 ? (w < t_pi_ ? 1 : 0) : chain_step(start, w, t_gb_, t_bg_);
+    st = static_cast<uint8_t>(state);
+    const uint64_t t = t_loss_[state];
+    if (t == 0) return;
+    if (t >= (1ull << 32)) return (void)std::memset(lost, 1, n);
+    iid_loss(ps, 1, t, n, lost);
+  }
+
   // The chain's state at message m's call (and attempt) under step=message.
   int chain_state(const Message& m, uint64_t seed) const {
     const uint64_t group = fnv1a64(m.group.c_str());
@@ -192,6 +239,7 @@ class GilbertElliott final : public LossModel {
 
   double p_, r_, k_, h_;
   bool per_message_;
+  bool link_;  // state=link
   double pi_b_;
   double loss_[2];
   uint64_t t_pi_, t_gb_, t_bg_, t_loss_[2];
@@ -203,7 +251,7 @@ class GilbertElliott final : public LossModel {
 
 void make_ge(const KeyValues& keys, NetSpec& spec) {
   KeyReader kr("ge", keys);
-  for (const char* key : {"p", "r", "k", "h", "step", "preset"}) kr.has(key);  // the known keys
+  for (const char* key : {"p", "r", "k", "h", "step", "state", "preset"}) kr.has(key);  // the known keys
   double p = -1, r = -1, k = 1, h = 0;
   if (kr.has("preset")) {
     const std::string& name = kr.raw("preset");
@@ -225,9 +273,10 @@ void make_ge(const KeyValues& keys, NetSpec& spec) {
   k = kr.number("k", k, 0, 1);
   h = kr.number("h", h, 0, 1);
   const bool per_message = kr.choice("step", "packet", {"packet", "message"}) == "message";
+  const bool link = kr.choice("state", "message", {"message", "link"}) == "link";
   kr.finish();
   if (p == 0 && r == 0) kr.fail("p=0 with r=0 has no stationary distribution");
-  spec.models.push_back(std::make_shared<GilbertElliott>(p, r, k, h, per_message));
+  spec.models.push_back(std::make_shared<GilbertElliott>(p, r, k, h, per_message, link));
 }
 
 }  // namespace lossytp::net

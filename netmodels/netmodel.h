@@ -19,6 +19,8 @@ namespace lossytp::net {
 
 enum class CollKind { AllReduce, AllGather, ReduceScatter, Broadcast, P2P };
 
+class LinkStates;  // netmodels/link_states.h
+
 struct Message {
   std::string site;       // "layer0.attn.proj.fwd", "dp.grad", ...
   std::string group;      // "tp" or "dp"
@@ -35,6 +37,9 @@ struct Message {
   // Transmission attempt: 0 = first send; k = k-th retransmission round of the reliable
   // transport (set by NetSpec::plan, which redraws the lost packets with it).
   int attempt = 0;
+  // The drawing rank's store of link chains (ge ...,state=link; netmodels/link_states.h), which
+  // the message advances; nullptr: none (a model with state=link then throws).
+  LinkStates* link_states = nullptr;
 };
 
 // Key/value pairs as parsed from a spec; every model reads its own keys and reports unknown ones.
@@ -60,6 +65,11 @@ class LossModel {
   virtual double mean_burst_length_for(size_t /*message_packets*/) const { return mean_burst_length(); }
   // True when the model's state moves once per message (GE step=message) rather than per packet.
   virtual bool steps_per_message() const { return false; }
+  // GE state=link: the model's chain runs on across a link's messages (Message::link_states).
+  virtual bool link_state() const { return false; }
+  // A copy of the model with state=link (true) or state=message (false), index and links kept;
+  // nullptr for models without a state= option (`lossytp net sample` shows both).
+  virtual std::shared_ptr<LossModel> with_link_state(bool /*link*/) const { return nullptr; }
 
   // Position of this model among the spec's loss models (set by the parser): separates the
   // random streams of composed models, so "drop:rate=0.1+drop:rate=0.1" loses ~19 %.

@@ -16,7 +16,7 @@ namespace lossytp::net {
 #define LOSSYTP_NET_MODELS(X)                                                                   \
   X(exact, "everything arrives (no keys)")                                                      \
   X(drop, "i.i.d. packet loss: drop:rate=R, R in [0, 1]")                                       \
-  X(ge, "Gilbert-Elliott bursty loss: ge:p=..,r=..[,k=1,h=0,step=packet|message,preset=NAME]") \
+  X(ge, "Gilbert-Elliott bursty loss: ge:p=..,r=..[,k=1,h=0,step=packet|message,state=message|link,preset=NAME]") \
   X(caat, "CAAT-Net partial synchronisation: caat:p=P, P in (0, 1] (fraction of channels)")   \
   X(down, "link outage: down:from=I,to=J[,rounds=R]: iterations I..J (1-based) lose every packet")
 

@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "netmodels/link_states.h"
+
 namespace lossytp::net {
 
 namespace {
@@ -66,6 +68,8 @@ LinkSample sample_link(const NetSpec& spec, size_t packets, uint64_t seed, size_
   const auto t0 = std::chrono::steady_clock::now();
   LinkSample s;
   s.spec = spec.describe();
+  for (const auto& model : spec.models)
+    if (model->with_link_state(false)) s.state = model->link_state() || s.state == "link" ? "link" : "message";
   s.seed = spec.has_seed ? spec.seed : seed;
   s.packets = packets;
   const bool per_message = std::any_of(spec.models.begin(), spec.models.end(),
@@ -81,6 +85,8 @@ LinkSample sample_link(const NetSpec& spec, size_t packets, uint64_t seed, size_
   m.dst = 1;
   m.iteration = 0;
   m.elem_bytes = 1;
+  LinkStates links;  // state=link: the link's chain runs on from one message to the next
+  m.link_states = &links;
   std::vector<uint8_t> buf(std::min(mp, std::max<size_t>(packets, 1)));
   BurstCounter bc;
   for (size_t done = 0; done < packets; done += mp) {
@@ -108,26 +114,67 @@ LinkSample sample_link(const NetSpec& spec, size_t packets, uint64_t seed, size_
   return s;
 }
 
-std::string format_sample(const LinkSample& s, bool json) {
+std::vector<LinkSample> sample_link_states(const NetSpec& spec, size_t packets, uint64_t seed,
+                                           size_t message_packets) {
+  std::vector<LinkSample> out = {sample_link(spec, packets, seed, message_packets)};
+  if (out[0].state.empty()) return out;
+  NetSpec other = spec;
+  const bool link = out[0].state != "link";
+  for (auto& model : other.models)
+    if (auto flipped = model->with_link_state(link)) model = flipped;
+  out.push_back(sample_link(other, packets, seed, message_packets));
+  return out;
+}
+
+namespace {
+nlohmann::ordered_json sample_json(const LinkSample& s) {
+  auto num = [](double x) { return std::isfinite(x) ? nlohmann::ordered_json(x) : nlohmann::ordered_json(nullptr); };
+  nlohmann::ordered_json j = {
+      {"spec", s.spec},
+      {"packets", s.packets},
+      {"message_packets", s.message_packets},
+      {"messages", s.messages},
+      {"seed", s.seed},
+      {"lost", s.lost},
+      {"observed_loss_rate", num(s.observed_loss_rate)},
+      {"theoretical_loss_rate", num(s.theoretical_loss_rate)},
+      {"mean_burst_length", num(s.mean_burst_length)},
+      {"theoretical_mean_burst_length", num(s.theoretical_mean_burst_length)},
+      {"max_burst_length", s.max_burst_length},
+      {"bursts", s.bursts},
+      {"seconds", s.seconds},
+  };
+  if (!s.state.empty()) j["state"] = s.state;
+  return j;
+}
+}  // namespace
+
+std::string format_samples(const std::vector<LinkSample>& v, bool json) {
+  if (v.empty()) return "";
   if (json) {
-    auto num = [](double x) { return std::isfinite(x) ? nlohmann::ordered_json(x) : nlohmann::ordered_json(nullptr); };
-    nlohmann::ordered_json j = {
-        {"spec", s.spec},
-        {"packets", s.packets},
-        {"message_packets", s.message_packets},
-        {"messages", s.messages},
-        {"seed", s.seed},
-        {"lost", s.lost},
-        {"observed_loss_rate", num(s.observed_loss_rate)},
-        {"theoretical_loss_rate", num(s.theoretical_loss_rate)},
-        {"mean_burst_length", num(s.mean_burst_length)},
-        {"theoretical_mean_burst_length", num(s.theoretical_mean_burst_length)},
-        {"max_burst_length", s.max_burst_length},
-        {"bursts", s.bursts},
-        {"seconds", s.seconds},
-    };
+    nlohmann::ordered_json j = sample_json(v[0]);
+    if (v.size() > 1) {
+      nlohmann::ordered_json others = nlohmann::ordered_json::array();
+      for (size_t i = 1; i < v.size(); ++i) others.push_back(sample_json(v[i]));
+      j["other_states"] = others;
+    }
     return j.dump(2) + "\n";
   }
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v.size() > 1) {
+      out += i ? "\n" : "";
+      out += v[i].state == "link"
+                 ? "state=link: each link's chain runs on across its messages\n"
+                 : "state=message: each message starts its chain from a stationary draw\n";
+    }
+    out += format_sample(v[i], false);
+  }
+  return out;
+}
+
+std::string format_sample(const LinkSample& s, bool json) {
+  if (json) return sample_json(s).dump(2) + "\n";
   auto rel = [](double obs, double th) -> std::string {
     if (!std::isfinite(obs) || !std::isfinite(th) || th == 0) return "";
     char b[32];

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "netmodels/netmodel.h"
 
@@ -11,6 +12,7 @@ namespace lossytp::net {
 
 struct LinkSample {
   std::string spec;              // canonical text of the spec
+  std::string state;             // "message" or "link" when a model has a state= option (GE), else ""
   uint64_t seed = 0;             // the seed used (the spec's seed= if given)
   size_t packets = 0;
   size_t message_packets = 0;    // packets per message (the last one may be shorter)
@@ -29,12 +31,22 @@ struct LinkSample {
 // calls 0, 1, 2, ... for consecutive messages), ignoring scopes and the transport (it measures
 // the loss process itself). message_packets = 0 means: one single message of all packets, or
 // 1024 when a model moves once per message (GE step=message). seed is used unless the spec has
-// seed=.
+// seed=. Models with state=link keep the link's chain in a store of the sampler's own.
 LinkSample sample_link(const NetSpec& spec, size_t packets, uint64_t seed, size_t message_packets = 0);
+
+// sample_link of the spec and, when one of its models has a state= option (GE), of the same spec
+// with the other state (state=message <-> state=link), the given one first: `lossytp net sample`
+// shows how the link's chain running on across messages changes the bursts.
+std::vector<LinkSample> sample_link_states(const NetSpec& spec, size_t packets, uint64_t seed,
+                                           size_t message_packets = 0);
 
 // A human-readable table, or (json) one JSON object with the keys spec, packets,
 // message_packets, seed, lost, observed_loss_rate, theoretical_loss_rate, mean_burst_length,
-// theoretical_mean_burst_length, max_burst_length, bursts, seconds (NaN -> null).
+// theoretical_mean_burst_length, max_burst_length, bursts, seconds (NaN -> null), and state when
+// a model has a state= option.
 std::string format_sample(const LinkSample& s, bool json);
+// Several samples: the tables one after the other, or (json) the first one's object with the
+// others' objects in a list under "other_states".
+std::string format_samples(const std::vector<LinkSample>& s, bool json);
 
 }  // namespace lossytp::net

@@ -73,6 +73,11 @@ void Comm::set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_se
   seed_ = net_ && net_->has_seed ? net_->seed : run_seed;
 }
 
+void Comm::set_link_states(std::shared_ptr<net::LinkStates> states) {
+  if (!states) throw std::invalid_argument("Comm::set_link_states: null store");
+  link_states_ = std::move(states);
+}
+
 Comm::Path Comm::path_for(const std::string& site) const {
   if (!net_ || net_->lossless() || size() == 1 || !net_->in_scope(group_, site)) return Path::Native;
   if (net_->transport == net::Transport::Reliable) return Path::Reliable;
@@ -88,6 +93,7 @@ net::Message Comm::message(const std::string& site, net::CollKind kind) const {
   m.elem_bytes = elem_bytes();
   m.iteration = iteration_;
   m.call = call_;
+  m.link_states = link_states_.get();
   return m;
 }
 

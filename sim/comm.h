@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/device.h"
+#include "netmodels/link_states.h"
 #include "netmodels/netmodel.h"
 #include "sim/backend.h"
 #include "sim/device_buffer.h"
@@ -117,6 +118,14 @@ class Comm {
   // unless the spec has its own seed=.
   void set_network(std::shared_ptr<const net::NetSpec> spec, uint64_t run_seed);
   const net::NetSpec* network() const { return net_.get(); }
+
+  // ge ...,state=link: the chains of the links whose masks this rank draws (the receiver of a
+  // ring hop or point-to-point message, the sender of an endpoint-mode contribution), keyed by
+  // (model, group, src, dst). Every message of this Comm carries it (Message::link_states). A Comm
+  // starts with a store of its own; the trainer gives a rank's Comms one shared store and saves
+  // it in the rank's checkpoint. Not null.
+  void set_link_states(std::shared_ptr<net::LinkStates> states);
+  net::LinkStates& link_states() { return *link_states_; }
 
   // The iteration about to run; resets the per-step call index that, with the site, names a
   // message uniquely (the network model's randomness is keyed by it).
@@ -223,6 +232,7 @@ class Comm {
   std::shared_ptr<CommStats> stats_;
   std::shared_ptr<const net::NetSpec> net_;
   uint64_t seed_ = 0;
+  std::shared_ptr<net::LinkStates> link_states_ = std::make_shared<net::LinkStates>();
   Device device_ = Device::CPU;
   bool wire_bf16_ = false;
   bool call_bf16_ = false;  // the current call travels as bf16

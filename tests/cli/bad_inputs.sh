@@ -115,6 +115,7 @@ expect_error 1 "unknown preset" train "${small[@]}" --net ge:preset=nope
 expect_error 1 "p=0" train "${small[@]}" --net ge:p=0,r=0
 expect_error 1 "packet" train "${small[@]}" --net drop:rate=0.1,packet=0
 expect_error 1 "malformed" train "${small[@]}" --net ge:p
+expect_error 1 "ge: state=sticky is not one of message, link" train "${small[@]}" --net ge:preset=one,state=sticky
 expect_error 1 "unknown model 'gee'" net sample --net gee
 
 # --sequence-parallel: not with CAAT-Net; the micro-batch's tokens must split evenly over TP
