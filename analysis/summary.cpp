@@ -193,6 +193,29 @@ RunRecord load_run(const std::string& id, const fs::path& folder) {
     for (double x : *sc) sum += x;
     r.sim_comm_seconds = sum;
   }
+  {
+    double tp = 0, dp = 0;
+    size_t rows = 0;
+    for (const std::string& name : m.series_names()) {
+      const std::string pre = "comm/", post = "/bytes";
+      if (name.rfind(pre, 0) != 0 || name.size() <= pre.size() + post.size() ||
+          name.compare(name.size() - post.size(), post.size(), post) != 0)
+        continue;
+      const std::string site = name.substr(pre.size(), name.size() - pre.size() - post.size());
+      const auto v = series_values(m, name);
+      if (!v || v->empty()) continue;
+      double sum = 0;
+      for (double x : *v) sum += x;
+      rows = std::max(rows, v->size());
+      if (site.rfind("dp.", 0) == 0) dp += sum;
+      else if (site.rfind("pp.", 0) != 0) tp += sum;
+    }
+    if (const auto it = series_values(m, "comm/iteration"); it && !it->empty()) rows = it->size();
+    if (rows > 0) {
+      r.tp_bytes_per_iteration = tp / static_cast<double>(rows);
+      r.dp_bytes_per_iteration = dp / static_cast<double>(rows);
+    }
+  }
   r.observed_loss_rate = attr_number(m, "observed_loss_rate");
   r.net_stationary_loss_rate = attr_number(m, "net_stationary_loss_rate");
   r.tokens_per_second = attr_number(m, "tokens_per_second");
@@ -605,7 +628,7 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
   std::map<std::string, const RunRecord*> by_id;
   for (const auto& r : s.runs) by_id[r.id] = &r;
   for (auto& g : groups) {
-    std::vector<double> fel, gap, olr, acc[4], div;
+    std::vector<double> fel, gap, olr, acc[4], div, tpb, dpb;
     for (const auto& id : g.run_ids) {
       const RunRecord& r = *by_id.at(id);
       if (r.status != "completed") continue;
@@ -620,12 +643,16 @@ std::vector<SeedGroup> aggregate_over_seeds(const Summary& s) {
         olr.push_back(*r.observed_loss_rate);
       if (r.final_replica_divergence && std::isfinite(*r.final_replica_divergence))
         div.push_back(*r.final_replica_divergence);
+      if (r.tp_bytes_per_iteration) tpb.push_back(*r.tp_bytes_per_iteration);
+      if (r.dp_bytes_per_iteration) dpb.push_back(*r.dp_bytes_per_iteration);
     }
     g.final_eval_loss = describe_sample(fel);
     g.eval_loss_gap = describe_sample(gap);
     if (g.eval_loss_gap.ci_low)
       g.gap_ci_contains_zero = *g.eval_loss_gap.ci_low <= 0 && 0 <= *g.eval_loss_gap.ci_high;
     g.observed_loss_rate_mean = describe_sample(olr).mean;
+    g.tp_bytes_per_iteration_mean = describe_sample(tpb).mean;
+    g.dp_bytes_per_iteration_mean = describe_sample(dpb).mean;
     g.final_accuracy = describe_sample(acc[0]);
     g.accuracy_gap = describe_sample(acc[1]);
     g.final_accuracy_norm = describe_sample(acc[2]);
@@ -641,6 +668,7 @@ std::string summary_csv(const Summary& s) {
   for (const char* c : {"net", "seed", "tp", "dp", "status", "iterations", "final_train_loss",
                         "final_eval_loss", "best_eval_loss", "observed_loss_rate",
                         "net_stationary_loss_rate", "tokens_per_second", "sim_comm_seconds",
+                        "tp_bytes_per_iteration", "dp_bytes_per_iteration",
                         "data_entropy_floor", "eval_loss_gap", "exact_twin"})
     header.push_back(c);
   const bool acc = s.has_accuracy();  // accuracy columns only for --eval-task runs
@@ -659,7 +687,8 @@ std::string summary_csv(const Summary& s) {
           opt_cell(r.iterations), opt_cell(r.final_train_loss), opt_cell(r.final_eval_loss),
           opt_cell(r.best_eval_loss), opt_cell(r.observed_loss_rate),
           opt_cell(r.net_stationary_loss_rate), opt_cell(r.tokens_per_second),
-          opt_cell(r.sim_comm_seconds), opt_cell(r.data_entropy_floor),
+          opt_cell(r.sim_comm_seconds), opt_cell(r.tp_bytes_per_iteration),
+          opt_cell(r.dp_bytes_per_iteration), opt_cell(r.data_entropy_floor),
           opt_cell(r.eval_loss_gap), r.twin})
       row.push_back(c);
     if (acc)
@@ -677,7 +706,8 @@ std::string aggregate_csv(const Summary& s, const std::vector<SeedGroup>& groups
        {"runs", "completed", "final_eval_loss_mean", "final_eval_loss_std",
         "final_eval_loss_ci95_low", "final_eval_loss_ci95_high", "eval_loss_gap_mean",
         "eval_loss_gap_std", "eval_loss_gap_ci95_low", "eval_loss_gap_ci95_high",
-        "gap_ci_contains_zero", "observed_loss_rate_mean"})
+        "gap_ci_contains_zero", "observed_loss_rate_mean", "tp_bytes_per_iteration_mean",
+        "dp_bytes_per_iteration_mean"})
     header.push_back(c);
   const bool acc = s.has_accuracy();
   if (acc)
@@ -698,7 +728,8 @@ std::string aggregate_csv(const Summary& s, const std::vector<SeedGroup>& groups
           opt_cell(f.std), opt_cell(f.ci_low), opt_cell(f.ci_high), opt_cell(d.mean),
           opt_cell(d.std), opt_cell(d.ci_low), opt_cell(d.ci_high),
           std::string(g.gap_ci_contains_zero ? (*g.gap_ci_contains_zero ? "true" : "false") : ""),
-          opt_cell(g.observed_loss_rate_mean)})
+          opt_cell(g.observed_loss_rate_mean), opt_cell(g.tp_bytes_per_iteration_mean),
+          opt_cell(g.dp_bytes_per_iteration_mean)})
       row.push_back(c);
     if (acc)
       for (const Stat* a : {&g.final_accuracy, &g.accuracy_gap, &g.final_accuracy_norm, &g.accuracy_norm_gap})

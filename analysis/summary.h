@@ -38,6 +38,9 @@ struct RunRecord {
   std::optional<double> observed_loss_rate, net_stationary_loss_rate, tokens_per_second,
       data_entropy_floor;
   std::optional<double> sim_comm_seconds;     // sum of /train/sim_comm_s
+  // Bytes rank 0 put on the wire per iteration (mean over the logged iterations of the sum over
+  // /comm/<site>/bytes), split by group: dp = sites "dp.*", pp = "pp.*", the rest TP and CP.
+  std::optional<double> tp_bytes_per_iteration, dp_bytes_per_iteration;
   std::optional<double> eval_loss_gap;        // final_eval_loss - the exact twin's
   std::string twin;                           // id of the exact twin the gap was taken against
   // --eval-task runs: last /eval/accuracy and /eval/accuracy_norm, and their differences to the
@@ -92,6 +95,7 @@ struct SeedGroup {
   Stat final_eval_loss, eval_loss_gap;
   std::optional<bool> gap_ci_contains_zero;  // empty when fewer than 2 gaps
   std::optional<double> observed_loss_rate_mean;
+  std::optional<double> tp_bytes_per_iteration_mean, dp_bytes_per_iteration_mean;
   Stat final_accuracy, accuracy_gap, final_accuracy_norm, accuracy_norm_gap;  // --eval-task runs
   Stat final_replica_divergence;
 };

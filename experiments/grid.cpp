@@ -1,6 +1,7 @@
 #include "experiments/grid.h"
 
 #include "experiments/dry_run.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 
 #include <mpi.h>
@@ -130,6 +131,9 @@ std::string id_value(const std::string& key, const std::string& value) {
       start = plus + 1;
     }
     v = out;
+  } else if (key == "data" || key == "eval-data") {
+    // a data file by its name without folder and extension; "" (the built-in corpus) as "builtin"
+    v = v.empty() ? "builtin" : fs::path(v).stem().string();
   }
   for (char& c : v)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '+') c = '-';
@@ -272,6 +276,79 @@ std::string format_duration(double s) {
   return buf;
 }
 
+// This machine's fp32 GEMM rate over all its cores (FLOP/s): a few matmuls of a transformer
+// block's shape, about 0.2 s. The grid's time estimate divides the runs' FLOPs by it.
+double measure_gemm_rate(int threads) {
+  const int N = 512, C = 768, OC = 768;
+  std::vector<float> x(static_cast<size_t>(N) * C, 0.01f), w(static_cast<size_t>(OC) * C, 0.01f),
+      y(static_cast<size_t>(N) * OC);
+  cpu::set_num_threads(threads);
+  cpu::matmul_forward(y.data(), x.data(), w.data(), nullptr, N, C, OC);  // warm-up
+  const auto t0 = std::chrono::steady_clock::now();
+  int calls = 0;
+  double s = 0;
+  do {
+    cpu::matmul_forward(y.data(), x.data(), w.data(), nullptr, N, C, OC);
+    ++calls;
+    s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (s < 0.2);
+  return 2.0 * N * C * OC * calls / s;
+}
+
+// A run's training FLOPs: 6 N + 12 L T d per token trained (Megatron's count), plus forward
+// passes (a third of that) for its evaluations.
+double run_flops(const TrainConfig& c) {
+  const double per_token = c.model.flops_per_token();
+  const double batch = c.global_batch_size > 0 ? c.global_batch_size : static_cast<double>(c.micro_batch_size) * c.dp;
+  const double tokens = batch * c.model.seq_length;
+  const double evals = c.eval_interval > 0 ? std::floor(static_cast<double>(c.train_iters) / c.eval_interval) : 0;
+  return per_token * tokens * (c.train_iters + evals * c.eval_iters / 3.0);
+}
+
+// `lossytp grid FILE --out DIR --dry-run`: the runs, their layout and status, and a time estimate.
+void print_dry_run(const Grid& grid, const GridOptions& opt, int world) {
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  // A whole training step of the small models runs at about this GEMM rate on the CPU (gpt-tiny:
+  // 28.8 MFLOP a token at 2,800 tokens/s on 2 loaded cores = 81 GFLOP/s against 94 measured here).
+  constexpr double kEfficiency = 1.0;
+  const double rate = measure_gemm_rate(cores) * kEfficiency;
+  int most_ranks = 1;
+  double total_s = 0, todo_s = 0;
+  size_t todo = 0;
+  std::printf("lossytp grid --dry-run: %zu runs in %s (nothing is trained or written)\n", grid.runs.size(),
+              opt.file.c_str());
+  std::printf("%-4s %-44s %-16s %5s %-12s %7s %-10s %9s\n", "#", "run", "layout tp.cp.dp.pp", "ranks", "model",
+              "iters", "status", "estimate");
+  for (size_t i = 0; i < grid.runs.size(); ++i) {
+    const GridRun& r = grid.runs[i];
+    const TrainConfig& c = r.cfg;
+    most_ranks = std::max(most_ranks, r.ranks());
+    const std::string st = run_status_on_disk(r);
+    double s = run_flops(c) / rate;
+    if (c.compute().device != Device::CPU) s = NAN;  // the estimate is for CPU runs
+    char layout[48];
+    std::snprintf(layout, sizeof layout, "%d.%d.%d.%d", c.tp, c.cp, c.dp, c.pp);
+    std::printf("%-4zu %-44s %-16s %5d %-12s %7d %-10s %9s\n", i + 1, r.id.c_str(), layout, r.ranks(),
+                c.model_preset.c_str(), c.train_iters, st.c_str(), std::isnan(s) ? "-" : format_duration(s).c_str());
+    if (!std::isnan(s)) {
+      total_s += s;
+      if (!finished(st)) {
+        todo_s += s;
+        ++todo;
+      }
+    }
+  }
+  const int job = opt.virtual_ranks > 0 ? opt.virtual_ranks : world;
+  std::printf("estimate: %s for all runs, %s for the %zu not finished, on this machine's %d cores "
+              "(fp32 GEMM rate %.1f GFLOP/s measured now, x%.1f for a whole step; rough: +-50 %%, more when busy)\n",
+              format_duration(total_s).c_str(), format_duration(todo_s).c_str(), todo, cores,
+              rate / kEfficiency / 1e9, kEfficiency);
+  if (most_ranks > job)
+    std::printf("launch with at least %d ranks: mpirun -np %d lossytp grid %s --out %s (or --virtual-ranks %d)\n",
+                most_ranks, most_ranks, opt.file.c_str(), opt.out.c_str(), most_ranks);
+  std::fflush(stdout);
+}
+
 void write_manifest(const Grid& g, const std::string& out, const std::vector<nlohmann::json>& state) {
   nlohmann::json j;
   j["version"] = LOSSYTP_VERSION;
@@ -321,7 +398,7 @@ int run_grid(const GridOptions& opt) {
     grid = load_grid(opt.file, opt.out);
     for (GridRun& r : grid.runs) {
       const int avail = opt.virtual_ranks > 0 ? opt.virtual_ranks : W;
-      if (r.ranks() > avail)
+      if (r.ranks() > avail && !opt.dry_run)  // a dry run says how to launch instead
         throw std::invalid_argument("run '" + r.id + "' needs tp x dp" + (r.cfg.cp > 1 ? " x cp" : "") +
                                     (r.cfg.pp > 1 ? " x pp" : "") + " = " + std::to_string(r.ranks()) +
                                     " ranks but the job has " + std::to_string(avail) +
@@ -343,6 +420,10 @@ int run_grid(const GridOptions& opt) {
     error = e.what();
   }
   if (!all_ranks_ok(error)) return 2;
+  if (opt.dry_run) {
+    if (me == 0) print_dry_run(grid, opt, W);
+    return 0;
+  }
 
   // The results folder: new, or one this grid (or --force) made before.
   if (me == 0) {

@@ -45,9 +45,12 @@ struct GridOptions {
   bool force = false;
   int virtual_ranks = 0;  // > 0: one process, runs on this many ranks as threads (no mpirun)
   bool verbose = false;  // a progress line of every run at every log interval (else ~5 per run)
+  bool dry_run = false;  // list the runs (id, layout, ranks, status, time estimate); train and write nothing
 };
 
-// Runs the grid on MPI_COMM_WORLD (every rank calls it). Returns the exit status: 0 when every
+// Runs the grid on MPI_COMM_WORLD (every rank calls it). With dry_run: validates every run as a
+// real start would (configuration, data, memory), prints the runs and a time estimate, and
+// returns without training or writing anything. Returns the exit status: 0 when every
 // run finished (completed or diverged), 1 when some failed, 2 for bad input (one message), 4
 // (kExitInterrupted) when a stop signal interrupted it: the running runs stopped with a
 // checkpoint (status `interrupted`), and re-running the command resumes them.

@@ -272,6 +272,8 @@ int main(int argc, char** argv) {
     grid_cmd->add_option("--out", grid_opts.out, "results folder (one sub-folder per run, grid.json)")->required();
     grid_cmd->add_flag("--force", grid_opts.force, "run a changed grid file in a folder made by an older version of it");
     grid_cmd->add_flag("--verbose", grid_opts.verbose, "a progress line of every run at every log interval");
+    grid_cmd->add_flag("--dry-run", grid_opts.dry_run,
+                       "check every run and list them (id, layout, ranks, status, time estimate); train and write nothing");
     grid_cmd->add_option("--virtual-ranks", grid_opts.virtual_ranks,
                          "run the grid in this one process with N ranks as threads (no mpirun)");
     std::string an_dir, an_out;

@@ -420,6 +420,14 @@ const std::vector<double>* MetricsFile::series(const std::string& dataset) const
   return it == f64_.end() ? nullptr : &it->second;
 }
 
+std::vector<std::string> MetricsFile::series_names() const {
+  std::vector<std::string> names;
+  for (const auto& [k, v] : f64_) names.push_back(k);
+  for (const auto& [k, v] : i64_) names.push_back(k);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 const std::vector<int64_t>* MetricsFile::int_series(const std::string& dataset) const {
   auto it = i64_.find(normalize(dataset));
   return it == i64_.end() ? nullptr : &it->second;

@@ -62,6 +62,8 @@ class MetricsFile {
   const std::vector<double>* series(const std::string& dataset) const;
   const std::vector<int64_t>* int_series(const std::string& dataset) const;
   size_t rows(const std::string& dataset) const;
+  // The names of the series held in memory (float and integer), sorted.
+  std::vector<std::string> series_names() const;
   size_t first_row(const std::string& dataset) const;
   // Drops every row of the group ("train", "eval") whose "<group>/iteration" is > iteration;
   // used when a run resumes from an earlier checkpoint. Every series under "<group>/" is cut

@@ -64,10 +64,14 @@ for s in ("1", "2"):
     assert abs(float(dr["eval_loss_gap"]) - gap) < 1e-12, (dr, gap)
     assert float(dr["observed_loss_rate"]) > 0 and float(e["observed_loss_rate"]) == 0
     assert dr["net"] == "drop:rate=0.05" and dr["seed"] == s
+    # TP=2 ring all-reduces: the same bytes whatever is lost; no DP group
+    assert float(e["tp_bytes_per_iteration"]) > 0 and e["tp_bytes_per_iteration"] == dr["tp_bytes_per_iteration"], (e, dr)
+    assert float(e["dp_bytes_per_iteration"]) == 0, e
 need_agg = ["net", "runs", "completed", "final_eval_loss_mean", "final_eval_loss_std",
             "final_eval_loss_ci95_low", "final_eval_loss_ci95_high", "eval_loss_gap_mean",
             "eval_loss_gap_std", "eval_loss_gap_ci95_low", "eval_loss_gap_ci95_high",
-            "gap_ci_contains_zero", "observed_loss_rate_mean"]
+            "gap_ci_contains_zero", "observed_loss_rate_mean", "tp_bytes_per_iteration_mean",
+            "dp_bytes_per_iteration_mean"]
 assert all(c in agg[0] for c in need_agg), ("aggregate header", list(agg[0]))
 assert len(agg) == 2, ("aggregate rows", len(agg))
 a = {r["net"]: r for r in agg}

@@ -481,7 +481,8 @@ TEST_CASE("grid.json names the swept parameters and lists runs without metrics",
   const std::string header = summary_csv(s).substr(0, summary_csv(s).find('\n'));
   CHECK(header.rfind("run,lr,net,seed,tp,dp,status,iterations,final_train_loss,final_eval_loss,"
                      "best_eval_loss,observed_loss_rate,net_stationary_loss_rate,"
-                     "tokens_per_second,sim_comm_seconds,data_entropy_floor,eval_loss_gap",
+                     "tokens_per_second,sim_comm_seconds,tp_bytes_per_iteration,dp_bytes_per_iteration,"
+                     "data_entropy_floor,eval_loss_gap",
                      0) == 0);
   const auto groups = aggregate_over_seeds(s);
   CHECK(group_columns(s) == std::vector<std::string>{"lr", "net", "tp", "dp"});
