@@ -105,29 +105,26 @@ void attention_block_backward(Device d, float* dq, float* dk, float* dv, const f
 }
 void semigroup_attention_forward(Device d, float* y, float* o, float* lse, const float* qkv, int B,
                                  int T, int NH, int HD, float t, float c) {
-  if (d != Device::CPU) throw std::runtime_error("--attention semigroup is not yet implemented on CUDA");
-  cpu::semigroup_attention_forward(y, o, lse, qkv, B, T, NH, HD, t, c);
+  LOSSYTP_ON(d, semigroup_attention_forward(y, o, lse, qkv, B, T, NH, HD, t, c));
 }
 void semigroup_attention_backward(Device d, float* dqkv, double* dt, double* dc, const float* dy,
                                   const float* qkv, const float* o, const float* lse, int B, int T,
                                   int NH, int HD, float t, float c) {
-  if (d != Device::CPU) throw std::runtime_error("--attention semigroup is not yet implemented on CUDA");
-  cpu::semigroup_attention_backward(dqkv, dt, dc, dy, qkv, o, lse, B, T, NH, HD, t, c);
+  LOSSYTP_ON(d, semigroup_attention_backward(dqkv, dt, dc, dy, qkv, o, lse, B, T, NH, HD, t, c));
 }
 void semigroup_esr_forward(Device d, float* y, float* u, float* w2, float* lse, float* rstd, float* qkvg,
                            const float* tau, const float* logw, const float* hbeta, const float* oscale,
                            float lam, float alpha, int B, int T, int NH, int HD, int Nt) {
-  if (d != Device::CPU) throw std::runtime_error("--attention semigroup-esr is not yet implemented on CUDA");
-  cpu::semigroup_esr_forward(y, u, w2, lse, rstd, qkvg, tau, logw, hbeta, oscale, lam, alpha, B, T, NH, HD, Nt);
+  LOSSYTP_ON(d, semigroup_esr_forward(y, u, w2, lse, rstd, qkvg, tau, logw, hbeta, oscale, lam, alpha, B, T, NH,
+                                     HD, Nt));
 }
 void semigroup_esr_backward(Device d, float* dqkvg, double* g_lam, double* g_logtau, double* g_logw,
                             double* g_hbeta, double* g_oscale, const float* dy, const float* qkvg,
                             const float* rstd, const float* u, const float* w2, const float* lse,
                             const float* tau, const float* logw, const float* hbeta, const float* oscale,
                             float lam, float alpha, int B, int T, int NH, int HD, int Nt) {
-  if (d != Device::CPU) throw std::runtime_error("--attention semigroup-esr is not yet implemented on CUDA");
-  cpu::semigroup_esr_backward(dqkvg, g_lam, g_logtau, g_logw, g_hbeta, g_oscale, dy, qkvg, rstd, u, w2, lse, tau,
-                              logw, hbeta, oscale, lam, alpha, B, T, NH, HD, Nt);
+  LOSSYTP_ON(d, semigroup_esr_backward(dqkvg, g_lam, g_logtau, g_logw, g_hbeta, g_oscale, dy, qkvg, rstd, u, w2,
+                                      lse, tau, logw, hbeta, oscale, lam, alpha, B, T, NH, HD, Nt));
 }
 void attention_forward_bf16(Device d, float* out, float* lse, const float* qkv, int B, int T,
                             int NH, int NKV, int HD) {

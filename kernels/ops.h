@@ -55,8 +55,8 @@ void attention_block_backward(Device d, float* dq, float* dk, float* dv, const f
                               const float* k, const float* v, const float* dout, const float* lse,
                               const float* delta, int B, int NH, int NKV, int Tq, int Tk, int HD,
                               int q_pos, int k_pos);
-// Semigroup attention (kernels/cpu/ops.h); CPU only so far: a CUDA buffer throws
-// std::runtime_error ("not yet implemented on CUDA").
+// Semigroup attention (kernels/cpu/ops.h, kernels/cuda/ops.h). On every device the ESR's
+// per-head constants (tau, logw, hbeta, oscale) and the double* gradients are HOST memory.
 void semigroup_attention_forward(Device d, float* y, float* o, float* lse, const float* qkv, int B,
                                  int T, int NH, int HD, float t, float c);
 void semigroup_attention_backward(Device d, float* dqkv, double* dt, double* dc, const float* dy,

@@ -15,7 +15,8 @@
 // exact, CAAT, sequence parallel; GPTModel::partial_grad leaves ".shared." parameters to it).
 // Fully differentiable (q, k get their gradients, unlike the fork's Triton path). No weight
 // decay on the three scalars (Megatron's rule for 1-D parameters; the fork's 0-D scalars did
-// get decay there). CPU only so far: the constructor throws on CUDA.
+// get decay there). On CUDA the three scalars are read back to the host (one copy each a forward
+// or backward) and the shared gradients go through a 2-float device buffer for the all-reduce.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -44,8 +45,6 @@ class SemigroupAttention final : public BlockPart {
              c.cfg.add_bias_linear, 3),
         proj_(c.store, c.prefix + ".proj", c.cfg.num_attention_heads * HD_, C_,
               c.cfg.init_std / std::sqrt(2.0f * c.cfg.num_layers), c.opt, c.cfg.add_bias_linear) {
-    if (dev_ != Device::CPU)
-      throw std::invalid_argument("--attention semigroup is not yet implemented on CUDA (use --device cpu)");
     if (c.cfg.group_query_attention && c.cfg.num_query_groups != c.cfg.num_attention_heads)
       throw std::invalid_argument("--attention semigroup has one K/V head per query head: no --group-query-attention");
     if (c.rotary)
@@ -60,6 +59,7 @@ class SemigroupAttention final : public BlockPart {
   void forward(float* out, const float* x, int B, int T, Comm& tp, Workspace& ws) override {
     const int N = B * T;
     ensure(N);
+    read_scalars();
     qkv_.forward(qkv_out_.data(), x, N, tp, ws);
     ops::semigroup_attention_forward(dev_, y_.data(), o_.data(), lse_.data(), qkv_out_.data(), B, T, NH_, HD_,
                                      t(), slope());
@@ -70,6 +70,7 @@ class SemigroupAttention final : public BlockPart {
                 Workspace& ws) override {
     const int N = B * T;
     ensure(N);  // the saved tensors of the pool in use (pipeline: this micro-batch's)
+    read_scalars();
     float* dy = ws.get("attn.d_out", static_cast<size_t>(N) * NH_ * HD_);
     float* d_qkv = ws.get("attn.d_qkv", static_cast<size_t>(N) * 3 * NH_ * HD_);
     proj_.backward(dy, dout, y_.data(), N, tp, ws);
@@ -77,12 +78,14 @@ class SemigroupAttention final : public BlockPart {
     ops::semigroup_attention_backward(dev_, d_qkv, &dt, &dc, dy, qkv_out_.data(), o_.data(), lse_.data(), B, T,
                                       NH_, HD_, t(), slope());
     // This rank's heads' share of the shared parameters' gradients; summed over TP here.
-    const double tt = t(), ku = *store_.value(kappa_);
-    float g[2] = {static_cast<float>(dt * tt * (1.0 - tt)),
-                  static_cast<float>(dc / xi() * softplus_grad(ku))};
-    tp.all_reduce(g, 2, prefix_ + ".shared.grad");
-    *store_.grad(theta_) += g[0];
-    *store_.grad(kappa_) += g[1];
+    const double tt = t(), ku = kappa_u_;
+    const float g[2] = {static_cast<float>(dt * tt * (1.0 - tt)),
+                        static_cast<float>(dc / xi() * softplus_grad(ku))};
+    if (!gbuf_.defined()) gbuf_ = Tensor({2}, dev_);
+    gbuf_.copy_from_host(g);  // the all-reduce works where the rank's buffers live
+    tp.all_reduce(gbuf_.data(), 2, prefix_ + ".shared.grad");
+    ops::add_inplace(dev_, store_.grad(theta_), gbuf_.data(), 1);
+    ops::add_inplace(dev_, store_.grad(kappa_), gbuf_.data() + 1, 1);
     qkv_.backward(dx, d_qkv, x, N, tp, ws);
   }
 
@@ -100,9 +103,20 @@ class SemigroupAttention final : public BlockPart {
   }
 
  private:
-  float t() const { return static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(*store_.value(theta_))))); }
-  double xi() const { return std::max(softplus(*store_.value(xi_)), 1e-6); }
-  float slope() const { return static_cast<float>(softplus(*store_.value(kappa_)) / xi()); }  // kappa / xi
+  // The three scalars as host values (on CUDA they live in device memory).
+  float host_value(int i) const {
+    float v = 0.0f;
+    store_.values().flat(store_.spec(i).offset, 1, {1}).copy_to_host(&v);
+    return v;
+  }
+  void read_scalars() {
+    theta_v_ = host_value(theta_);
+    kappa_u_ = host_value(kappa_);
+    xi_u_ = host_value(xi_);
+  }
+  float t() const { return static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(theta_v_)))); }
+  double xi() const { return std::max(softplus(xi_u_), 1e-6); }
+  float slope() const { return static_cast<float>(softplus(kappa_u_) / xi()); }  // kappa / xi
   void ensure(int N) {
     if (N == N_) return;
     N_ = N;
@@ -122,6 +136,8 @@ class SemigroupAttention final : public BlockPart {
   ColumnParallelLinear qkv_;
   RowParallelLinear proj_;
   int theta_ = -1, kappa_ = -1, xi_ = -1;
+  float theta_v_ = 0.0f, kappa_u_ = 0.0f, xi_u_ = 0.0f;  // their values, read by read_scalars()
+  Tensor gbuf_;  // the shared gradients on the device, for the all-reduce
   int N_ = 0;
   Workspace* pool_ = nullptr;
   Tensor qkv_out_, o_, y_, lse_;  // saved for the backward

@@ -17,7 +17,10 @@
 // with no bias and no depth scaling, as the fork. Weight decay by Megatron's rule on the shapes
 // here: the 2-D log_tau and logit_w decay, the 1-D beta, out_scale and lam ([1] here; 0-D in the
 // fork, where Megatron decayed it) do not. Fully differentiable: q, k, g, lam, tau, w and beta get
-// their gradients (the fork's Triton path on GPU gave them none). CPU only so far.
+// their gradients (the fork's Triton path on GPU gave them none). On CUDA the few raw scalars
+// (lam, log_tau, logit_w, beta, out_scale of this rank's heads) are read back to the host, the
+// kernel's constants derived there as on the CPU, and the gradients added back from one device
+// buffer (which also carries lam's all-reduce).
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -47,8 +50,6 @@ class SemigroupEsrAttention final : public BlockPart {
         store_(c.store),
         qkv_(c.store, c.prefix + ".qkv", C_, 4 * H_ * HD_, kInitStd, c.opt, false, 1),
         proj_(c.store, c.prefix + ".proj", H_ * HD_, C_, kInitStd, c.opt, false) {
-    if (dev_ != Device::CPU)
-      throw std::invalid_argument("--attention semigroup-esr is not yet implemented on CUDA (use --device cpu)");
     if (c.cfg.group_query_attention && c.cfg.num_query_groups != c.cfg.num_attention_heads)
       throw std::invalid_argument("--attention semigroup-esr has one K/V head per query head: no --group-query-attention");
     if (c.rotary)
@@ -85,10 +86,13 @@ class SemigroupEsrAttention final : public BlockPart {
     ops::semigroup_esr_backward(dev_, d_qkvg, &g_lam, g_tau.data(), g_logw.data(), g_hb.data(), g_os.data(), dy,
                                 qkvg_.data(), rstd_.data(), u_.data(), w2_.data(), lse_.data(), tau_.data(),
                                 logw_.data(), hb_.data(), os_.data(), lam(), kAlpha, B, T, NH_, HD_, kNt);
-    // Per-head parameters: this rank's heads are its whole shard, so no reduction.
-    const float *lt = store_.value(log_tau_), *be = store_.value(beta_), *sc = store_.value(out_scale_);
-    float *d_lt = store_.grad(log_tau_), *d_lw = store_.grad(logit_w_), *d_be = store_.grad(beta_),
-          *d_sc = store_.grad(out_scale_);
+    // Per-head parameters: this rank's heads are its whole shard, so no reduction. The host
+    // gradients [log_tau | logit_w | beta | out_scale | lam], added to the store below (0 where a
+    // clamp is active: nothing changes).
+    const int nt = NH_ * kNt;
+    std::vector<float> gh(2 * nt + 2 * NH_ + 1, 0.0f);
+    const float *lt = lt_.data(), *be = be_.data(), *sc = sc_.data();
+    float *d_lt = gh.data(), *d_lw = d_lt + nt, *d_be = d_lw + nt, *d_sc = d_be + NH_;
     for (int h = 0; h < NH_; ++h) {
       double wdw = 0.0;  // w = softmax(logit_w); the kernel's gradient is at ln(w + 1e-12)
       std::vector<double> dw(kNt);
@@ -104,9 +108,16 @@ class SemigroupEsrAttention final : public BlockPart {
     }
     // lam is shared by all heads: this rank's heads' share, summed over TP here.
     const double l = lam();
-    float g = static_cast<float>(g_lam * l * (1.0 - l));
-    tp.all_reduce(&g, 1, prefix_ + ".shared.grad");
-    *store_.grad(lam_) += g;
+    gh[2 * nt + 2 * NH_] = static_cast<float>(g_lam * l * (1.0 - l));
+    if (gbuf_.numel() != gh.size()) gbuf_ = Tensor({static_cast<int64_t>(gh.size())}, dev_);
+    gbuf_.copy_from_host(gh.data());
+    float* gd = gbuf_.data();
+    tp.all_reduce(gd + 2 * nt + 2 * NH_, 1, prefix_ + ".shared.grad");  // the all-reduce works where the buffers live
+    ops::add_inplace(dev_, store_.grad(log_tau_), gd, nt);
+    ops::add_inplace(dev_, store_.grad(logit_w_), gd + nt, nt);
+    ops::add_inplace(dev_, store_.grad(beta_), gd + 2 * nt, NH_);
+    ops::add_inplace(dev_, store_.grad(out_scale_), gd + 2 * nt + NH_, NH_);
+    ops::add_inplace(dev_, store_.grad(lam_), gd + 2 * nt + 2 * NH_, 1);
     qkv_.backward(dx, d_qkvg, x, N, tp, ws);
   }
 
@@ -124,11 +135,22 @@ class SemigroupEsrAttention final : public BlockPart {
   }
 
  private:
-  float lam() const { return static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(*store_.value(lam_))))); }
+  float lam() const { return static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(lam_v_)))); }
+  // n floats of parameter i to the host (on CUDA the store lives in device memory).
+  void read_param(int i, std::vector<float>& dst, size_t n) {
+    dst.resize(n);
+    store_.values().flat(store_.spec(i).offset, n, {static_cast<int64_t>(n)}).copy_to_host(dst.data());
+  }
   // The kernel's per-head constants from this rank's shard of the raw parameters.
   void derive() {
-    const float *lt = store_.value(log_tau_), *lw = store_.value(logit_w_), *be = store_.value(beta_),
-                *sc = store_.value(out_scale_);
+    read_param(log_tau_, lt_, NH_ * kNt);
+    read_param(logit_w_, lw_, NH_ * kNt);
+    read_param(beta_, be_, NH_);
+    read_param(out_scale_, sc_, NH_);
+    std::vector<float> l;
+    read_param(lam_, l, 1);
+    lam_v_ = l[0];
+    const float *lt = lt_.data(), *lw = lw_.data(), *be = be_.data(), *sc = sc_.data();
     tau_.resize(NH_ * kNt);
     logw_.resize(NH_ * kNt);
     w_.resize(NH_ * kNt);
@@ -171,6 +193,9 @@ class SemigroupEsrAttention final : public BlockPart {
   int lam_ = -1, log_tau_ = -1, logit_w_ = -1, beta_ = -1, out_scale_ = -1;
   std::vector<float> tau_, logw_, hb_, os_;
   std::vector<double> w_;
+  std::vector<float> lt_, lw_, be_, sc_;  // host copies of the raw per-head parameters
+  float lam_v_ = 0.0f;                    // and of lam's
+  Tensor gbuf_;                           // the parameter gradients on the device
   int N_ = 0;
   Workspace* pool_ = nullptr;
   Tensor qkvg_, u_, w2_, y_, lse_, rstd_;  // saved for the backward (qkvg with g whitened)

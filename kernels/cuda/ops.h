@@ -61,6 +61,27 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, int B, int T, int NH, int NKV, int HD);
 
+// ---- semigroup attention (kernels/cuda/semigroup_attention.cu): kernels/cpu/ops.h's
+// semigroup_attention_* (generator step) and semigroup_esr_* (ESR). Tensors are device pointers;
+// the per-head constants tau, logw, hbeta, oscale ([NH, Nt], [NH]) and every double* gradient
+// are HOST pointers (uploaded / summed on the device and copied back, one copy each way a call:
+// the backward returns after the device has finished). HD <= 256, Nt <= 8. Deterministic.
+void semigroup_attention_forward(float* y, float* o, float* lse, const float* qkv, int B, int T,
+                                 int NH, int HD, float t, float c);
+void semigroup_attention_backward(float* dqkv, double* dt, double* dc, const float* dy,
+                                  const float* qkv, const float* o, const float* lse, int B, int T,
+                                  int NH, int HD, float t, float c);
+void semigroup_esr_forward(float* y, float* u, float* w2, float* lse, float* rstd, float* qkvg,
+                           const float* tau, const float* logw, const float* hbeta,
+                           const float* oscale, float lam, float alpha, int B, int T, int NH,
+                           int HD, int Nt);
+void semigroup_esr_backward(float* dqkvg, double* g_lam, double* g_logtau, double* g_logw,
+                            double* g_hbeta, double* g_oscale, const float* dy, const float* qkvg,
+                            const float* rstd, const float* u, const float* w2, const float* lse,
+                            const float* tau, const float* logw, const float* hbeta,
+                            const float* oscale, float lam, float alpha, int B, int T, int NH,
+                            int HD, int Nt);
+
 // ---- embeddings
 void embedding_forward(float* out, const int32_t* tok, const float* table, int N, int C,
                        int vocab_start, int V);

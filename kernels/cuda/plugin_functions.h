@@ -47,6 +47,26 @@
   X(void, attention_backward, (float* dqkv, const float* dout, const float* qkv, const float* out, \
                                const float* lse, int B, int T, int NH, int NKV, int HD),           \
     (dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD))                                                \
+  X(void, semigroup_attention_forward, (float* y, float* o, float* lse, const float* qkv, int B,   \
+                                        int T, int NH, int HD, float t, float c),                  \
+    (y, o, lse, qkv, B, T, NH, HD, t, c))                                                          \
+  X(void, semigroup_attention_backward, (float* dqkv, double* dt, double* dc, const float* dy,     \
+                                         const float* qkv, const float* o, const float* lse,       \
+                                         int B, int T, int NH, int HD, float t, float c),          \
+    (dqkv, dt, dc, dy, qkv, o, lse, B, T, NH, HD, t, c))                                           \
+  X(void, semigroup_esr_forward, (float* y, float* u, float* w2, float* lse, float* rstd,          \
+                                  float* qkvg, const float* tau, const float* logw,                \
+                                  const float* hbeta, const float* oscale, float lam, float alpha, \
+                                  int B, int T, int NH, int HD, int Nt),                           \
+    (y, u, w2, lse, rstd, qkvg, tau, logw, hbeta, oscale, lam, alpha, B, T, NH, HD, Nt))           \
+  X(void, semigroup_esr_backward, (float* dqkvg, double* g_lam, double* g_logtau, double* g_logw,  \
+                                   double* g_hbeta, double* g_oscale, const float* dy,             \
+                                   const float* qkvg, const float* rstd, const float* u,           \
+                                   const float* w2, const float* lse, const float* tau,            \
+                                   const float* logw, const float* hbeta, const float* oscale,     \
+                                   float lam, float alpha, int B, int T, int NH, int HD, int Nt),  \
+    (dqkvg, g_lam, g_logtau, g_logw, g_hbeta, g_oscale, dy, qkvg, rstd, u, w2, lse, tau, logw,     \
+     hbeta, oscale, lam, alpha, B, T, NH, HD, Nt))                                                 \
   X(void, embedding_forward, (float* out, const int32_t* tok, const float* table, int N, int C,    \
                               int vocab_start, int V), (out, tok, table, N, C, vocab_start, V))    \
   X(void, embedding_backward, (float* dtable, const int32_t* tok, const float* dout, int N, int C, \

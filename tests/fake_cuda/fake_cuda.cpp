@@ -602,6 +602,86 @@ void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, c
   attention_bwd("attention_backward_bf16", true, dqkv, dout, qkv, out, lse, B, T, NH, NKV, HD);
 }
 
+// ---- semigroup attention: tensors on the device; ESR's per-head constants and every double*
+// gradient on the HOST (kernels/cuda/ops.h)
+void semigroup_attention_forward(float* y, float* o, float* lse, const float* qkv, int B, int T,
+                                 int NH, int HD, float t, float c_) {
+  Call c("semigroup_attention_forward");
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const size_t bt = prod(B, T), heads = prod(NH, HD);
+  c.dev("y", y, F * bt * heads);
+  c.dev("o", o, F * bt * heads);
+  c.dev("lse", lse, F * bt * n_of(NH));
+  c.dev("qkv", qkv, F * bt * 3 * heads);
+  c.go();
+  cpu::semigroup_attention_forward(y, o, lse, qkv, B, T, NH, HD, t, c_);
+}
+void semigroup_attention_backward(float* dqkv, double* dt, double* dc, const float* dy,
+                                  const float* qkv, const float* o, const float* lse, int B, int T,
+                                  int NH, int HD, float t, float c_) {
+  Call c("semigroup_attention_backward");
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const size_t bt = prod(B, T), heads = prod(NH, HD);
+  c.dev("dqkv", dqkv, F * bt * 3 * heads);
+  c.host("dt", dt, sizeof(double));
+  c.host("dc", dc, sizeof(double));
+  c.dev("dy", dy, F * bt * heads);
+  c.dev("qkv", qkv, F * bt * 3 * heads);
+  c.dev("o", o, F * bt * heads);
+  c.dev("lse", lse, F * bt * n_of(NH));
+  c.go();
+  cpu::semigroup_attention_backward(dqkv, dt, dc, dy, qkv, o, lse, B, T, NH, HD, t, c_);
+}
+void semigroup_esr_forward(float* y, float* u, float* w2, float* lse, float* rstd, float* qkvg,
+                           const float* tau, const float* logw, const float* hbeta,
+                           const float* oscale, float lam, float alpha, int B, int T, int NH,
+                           int HD, int Nt) {
+  Call c("semigroup_esr_forward");
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const size_t bt = prod(B, T), heads = prod(NH, HD);
+  c.dev("y", y, F * bt * heads);
+  c.dev("u", u, F * bt * heads);
+  c.dev("w2", w2, F * bt * heads);
+  c.dev("lse", lse, F * bt * n_of(NH));
+  c.dev("rstd", rstd, F * bt * n_of(NH));
+  c.dev("qkvg", qkvg, F * bt * 4 * heads);
+  c.host("tau", tau, F * prod(NH, Nt));
+  c.host("logw", logw, F * prod(NH, Nt));
+  c.host("hbeta", hbeta, F * n_of(NH));
+  c.host("oscale", oscale, F * n_of(NH));
+  c.go();
+  cpu::semigroup_esr_forward(y, u, w2, lse, rstd, qkvg, tau, logw, hbeta, oscale, lam, alpha, B, T, NH, HD, Nt);
+}
+void semigroup_esr_backward(float* dqkvg, double* g_lam, double* g_logtau, double* g_logw,
+                            double* g_hbeta, double* g_oscale, const float* dy, const float* qkvg,
+                            const float* rstd, const float* u, const float* w2, const float* lse,
+                            const float* tau, const float* logw, const float* hbeta,
+                            const float* oscale, float lam, float alpha, int B, int T, int NH,
+                            int HD, int Nt) {
+  Call c("semigroup_esr_backward");
+  if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return;
+  const size_t bt = prod(B, T), heads = prod(NH, HD), D = sizeof(double);
+  c.dev("dqkvg", dqkvg, F * bt * 4 * heads);
+  c.host("g_lam", g_lam, D);
+  c.host("g_logtau", g_logtau, D * prod(NH, Nt));
+  c.host("g_logw", g_logw, D * prod(NH, Nt));
+  c.host("g_hbeta", g_hbeta, D * n_of(NH));
+  c.host("g_oscale", g_oscale, D * n_of(NH));
+  c.dev("dy", dy, F * bt * heads);
+  c.dev("qkvg", qkvg, F * bt * 4 * heads);
+  c.dev("rstd", rstd, F * bt * n_of(NH));
+  c.dev("u", u, F * bt * heads);
+  c.dev("w2", w2, F * bt * heads);
+  c.dev("lse", lse, F * bt * n_of(NH));
+  c.host("tau", tau, F * prod(NH, Nt));
+  c.host("logw", logw, F * prod(NH, Nt));
+  c.host("hbeta", hbeta, F * n_of(NH));
+  c.host("oscale", oscale, F * n_of(NH));
+  c.go();
+  cpu::semigroup_esr_backward(dqkvg, g_lam, g_logtau, g_logw, g_hbeta, g_oscale, dy, qkvg, rstd, u, w2, lse, tau,
+                              logw, hbeta, oscale, lam, alpha, B, T, NH, HD, Nt);
+}
+
 // ---- embeddings
 void embedding_forward(float* out, const int32_t* tok, const float* table, int N, int C,
                        int vocab_start, int V) {
