@@ -370,10 +370,6 @@ NetSpec parse_net_spec(const std::string& text) {
     bad("option " + quote(common_seen["deadline"]) + " needs transport=bounded");
   if (spec.encode != Encode::Hadamard && common_seen.count("block"))
     bad("option " + quote(common_seen["block"]) + " needs encode=hadamard");
-  // fill=count needs to know which contributions reached each element; the transform spreads
-  // every lost packet over its block (a fractional count per block: not implemented yet)
-  if (spec.encode == Encode::Hadamard && spec.fill == Fill::Count)
-    bad("encode=hadamard with fill=count is not supported yet (use zero, rescale, local or stale)");
   return spec;
 }
 

@@ -151,9 +151,15 @@ void Comm::mask_contribution(float* buf, size_t n, const std::string& site, net:
     fill = net::Fill::Zero;
     float* arrived = scratch_.counts.floats(std::max<size_t>(n, 1));
     float* ones = scratch_.counts_recv.floats(std::max<size_t>(n, 1));
-    std::fill(ones, ones + n, 1.0f);
-    std::fill(arrived, arrived + n, 0.0f);
-    apply_delivery(arrived, ones, n, plan, net::Fill::Zero, false, ReduceOp::Sum, 1.0f, nullptr, elem_bytes());
+    if (net_->encode == net::Encode::Hadamard) {
+      // a block whose encoded coordinates arrived in fraction f decodes to f times the
+      // contribution in expectation (over the signs): f is its count there
+      hadamard_arrived_fractions(arrived, n, plan, net_->hadamard_block(elem_bytes()), elem_bytes());
+    } else {
+      std::fill(ones, ones + n, 1.0f);
+      std::fill(arrived, arrived + n, 0.0f);
+      apply_delivery(arrived, ones, n, plan, net::Fill::Zero, false, ReduceOp::Sum, 1.0f, nullptr, elem_bytes());
+    }
   }
   float* stale = fill == net::Fill::Stale ? stale_.get(site, 2, n) : nullptr;
   const float rescale = static_cast<float>(1.0 / std::max(1e-12, 1.0 - net_->loss_rate_for(m)));

@@ -1,5 +1,7 @@
 #include "sim/ring_collectives.h"
 
+#include "kernels/cpu/ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -91,9 +93,39 @@ struct Hop {
       m.src = prev;
       m.dst = r;
       m.hop = hop;
+      const uint64_t key = net::hadamard_key(m, ctx.seed);
+      if (fill == net::Fill::Count && counts) {
+        // fill=count in the encoded domain: a block whose coordinates arrived in fraction f
+        // brings f times the sender's partial sum in expectation, so f times its counts
+        float* frac = ctx.scratch->arrived.floats(std::max<size_t>(recv_len, 1));
+        hadamard_arrived_fractions(frac, recv_len, plan, hblock, eb);
+        if (reduce) {
+          float* cr = ctx.scratch->counts_recv.floats(std::max<size_t>(recv_len, 1));
+          b.sendrecv(counts + (send - base), send_len * sizeof(float), next, cr, recv_len * sizeof(float), prev,
+                     2000 + hop);
+          for (size_t i = 0; i < recv_len; ++i) counts[begin + i] += frac[i] * cr[i];
+          c.elements_filled += static_cast<int64_t>(apply_delivery_encoded(
+              ctx.device, own, recv, recv_len, plan, net::Fill::Zero, true, op, 1.0f, nullptr, hblock, key,
+              ctx.scratch->hadamard_ref, eb));
+          if (ctx.wire_bf16) round_to_bf16(ctx.device, own, recv_len);
+        } else {
+          // all-gather phase: the decoded block divided by f (unbiased over the signs); a block
+          // with nothing arrived is estimated from this rank's own partial sum, as without encoding
+          float* saved = ctx.scratch->saved.floats(std::max<size_t>(recv_len, 1));
+          std::memcpy(saved, own, recv_len * sizeof(float));
+          c.elements_filled += static_cast<int64_t>(apply_delivery_encoded(
+              ctx.device, own, recv, recv_len, plan, net::Fill::Zero, false, op, 1.0f, nullptr, hblock, key,
+              ctx.scratch->hadamard_ref, eb));
+          for (size_t i = 0; i < recv_len; ++i) {
+            if (frac[i] >= 1.0f) continue;
+            own[i] = frac[i] > 0.0f ? own[i] / frac[i] : saved[i] * static_cast<float>(p) / counts[begin + i];
+          }
+        }
+        return;
+      }
       c.elements_filled += static_cast<int64_t>(apply_delivery_encoded(
           ctx.device, own, recv, recv_len, plan, fill, reduce, op, rescale, stale, hblock,
-          net::hadamard_key(m, ctx.seed), ctx.scratch->hadamard_ref, eb));
+          key, ctx.scratch->hadamard_ref, eb));
       if (ctx.wire_bf16 && reduce) round_to_bf16(ctx.device, own, recv_len);
       return;
     }
@@ -237,6 +269,20 @@ size_t apply_delivery_on(Device dev, float* own, const float* recv, size_t len,
 #else
   throw std::runtime_error("a ring hop on CUDA buffers needs a build with CUDA");
 #endif
+}
+
+void hadamard_arrived_fractions(float* frac, size_t len, const net::DeliveryPlan& plan, size_t block,
+                                size_t elem_bytes) {
+  const size_t epp = elems_per_packet(plan, elem_bytes);
+  for (size_t a = 0; a < len;) {
+    const size_t blen = cpu::hadamard_next_block(len - a, block);
+    size_t arrived = blen;
+    if (!plan.lost_mask.empty())
+      for (size_t k = a / epp; k * epp < a + blen && k < plan.lost_mask.size(); ++k)
+        if (plan.lost_mask[k]) arrived -= std::min(a + blen, (k + 1) * epp) - std::max(a, k * epp);
+    std::fill(frac + a, frac + a + blen, static_cast<float>(static_cast<double>(arrived) / static_cast<double>(blen)));
+    a += blen;
+  }
 }
 
 size_t apply_delivery_encoded(Device dev, float* own, float* recv, size_t len,

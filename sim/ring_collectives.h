@@ -23,7 +23,7 @@ class StaleStore;
 struct CommScratch {
   explicit CommScratch(Device d = Device::CPU)
       : recv(d, 0), work(d, 0), mask(d, 0), masked(d, 0), original(d, 0), counts(d, 0), counts_recv(d, 0),
-        encoded(d, 0), hadamard_ref(d, 0) {}
+        encoded(d, 0), hadamard_ref(d, 0), arrived(d, 0), saved(d, 0) {}
   DeviceBuffer recv;      // a ring hop's received block
   DeviceBuffer work;      // ring reduce-scatter: the working copy of the input
   DeviceBuffer mask;      // a delivery plan's lost_mask, uploaded to the device (CUDA only)
@@ -31,8 +31,9 @@ struct CommScratch {
   DeviceBuffer original;  // endpoint mode: the contribution before masking
   // fill=count: contributions summed into each element so far, and a hop's received counts
   DeviceBuffer counts, counts_recv;
-  // encode=hadamard: a hop's sent block encoded; the encoded fill reference of a received one
-  DeviceBuffer encoded, hadamard_ref;
+  // encode=hadamard: a hop's sent block encoded; the encoded fill reference of a received one;
+  // with fill=count, the arrived fraction of each element's block and a saved copy of own
+  DeviceBuffer encoded, hadamard_ref, arrived, saved;
 };
 
 struct HopContext {
@@ -79,6 +80,14 @@ size_t apply_delivery_on(Device dev, float* own, const float* recv, size_t len,
 // signs keyed by `key`, as the sender encoded it) and reduced into own (rescale: the decoded
 // block scaled by `rescale`) or copied to it; stale (if not null) takes the decoded block.
 // Returns the elements filled (in the encoded domain). CPU only: CUDA throws.
+// encode=hadamard with fill=count: frac[i] = the fraction of the encoded coordinates of element
+// i's Hadamard block (the layout of cpu::hadamard_encode: blocks of `block`, then the tail's
+// power-of-two blocks) that arrived under `plan`. Over the random signs D the decoded block is
+// D H^T M H D x (M: the arrived coordinates), whose expectation is diag(H^T M H) x = f x for an
+// orthonormal H: f is the count of the contribution in that block. Host memory (CPU only).
+void hadamard_arrived_fractions(float* frac, size_t len, const net::DeliveryPlan& plan, size_t block,
+                                size_t elem_bytes);
+
 size_t apply_delivery_encoded(Device dev, float* own, float* recv, size_t len,
                               const net::DeliveryPlan& plan, net::Fill fill, bool reduce, ReduceOp op,
                               float rescale, float* stale, size_t block, uint64_t key,

@@ -2,7 +2,8 @@
 // by contributors / arrived (Weintraub, Banner and Orda 2025). With every rank's contribution
 // drawn i.i.d. with mean mu, E[result] = p mu for any loss pattern (given at least one arrival),
 // while fill=zero gives mu E[K] < p mu. Checked over many elements (each its own draw) in ring
-// and endpoint mode, for all-reduce and reduce-scatter; exact networks give the exact sum.
+// and endpoint mode, for all-reduce and reduce-scatter, with and without encode=hadamard (counts
+// are then the arrived fraction of each Hadamard block); exact networks give the exact sum.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -76,14 +77,17 @@ TEST_CASE("fill=count is an unbiased aggregate; fill=zero is not", "[fill_count]
       const std::vector<float> plain = reduce("exact", scatter, &exact);
       const size_t off = 0;  // rank 0's block starts at 0 for both collectives
       for (size_t i = 0; i < plain.size(); i += 997) CHECK(plain[i] == Approx(exact[off + i]).epsilon(1e-5));
-      const std::vector<float> count = reduce("drop:rate=0.2,fill=count" + opts, scatter);
-      const std::vector<float> zero = reduce("drop:rate=0.2,fill=zero" + opts, scatter);
-      // p mu = 4; the standard error of a mean over >= 50000 elements is well under 0.01
-      CHECK(mean(count) == Approx(kRanks * kMu).epsilon(0.01));
-      CHECK(mean(zero) < 0.95 * kRanks * kMu);
-      bool finite = true;
-      for (float x : count) finite = finite && std::isfinite(x);
-      CHECK(finite);
+      for (const char* enc : {"", ",encode=hadamard"}) {
+        INFO(enc);
+        const std::vector<float> count = reduce(std::string("drop:rate=0.2,fill=count") + enc + opts, scatter);
+        const std::vector<float> zero = reduce(std::string("drop:rate=0.2,fill=zero") + enc + opts, scatter);
+        // p mu = 4; the standard error of a mean over >= 50000 elements is well under 0.01
+        CHECK(mean(count) == Approx(kRanks * kMu).epsilon(0.01));
+        CHECK(mean(zero) < 0.95 * kRanks * kMu);
+        bool finite = true;
+        for (float x : count) finite = finite && std::isfinite(x);
+        CHECK(finite);
+      }
     }
 }
 
