@@ -283,7 +283,11 @@ def load_dir(d):
 # Helpers
 
 def facet_label(facet):
-    return ", ".join("%s=%s" % kv for kv in facet)
+    def value(k, v):  # a data file by its name, the built-in corpus as such (as grid ids do)
+        if k in ("data", "eval-data"):
+            return os.path.splitext(os.path.basename(str(v)))[0] if v else "builtin"
+        return v
+    return ", ".join("%s=%s" % (k, value(k, v)) for k, v in facet)
 
 
 def net_order(runs):
@@ -451,8 +455,10 @@ def plot_loss_curves(runs, outdir):
         bottom = min([lo] + shown_floors)
         full = max(hi - bottom, 1e-3)
         axes[0, 0].set_ylim(bottom - 0.05 * full, hi + 0.08 * full)
-    for ax in axes.flat[:len(facets)]:
-        for fl in shown_floors:
+    for ax, facet in zip(axes.flat, facets):
+        # a panel's floor only when its runs have it (text data has none)
+        mine = {round(r["floor"], 6) for r in runs if r["facet"] == facet and r["floor"] is not None}
+        for fl in [f for f in shown_floors if f in mine]:
             ax.axhline(fl, color="dimgray", ls=":", lw=1.4, zorder=1)
             ax.annotate("entropy floor (%.2f nats)" % fl, xy=(1.0, fl),
                         xycoords=("axes fraction", "data"), xytext=(-4, 3),
