@@ -3,12 +3,17 @@
 studies in docs/studies/ print them.
 
 usage: scripts/study_table.py DIR/summary_over_seeds.csv [--bytes tp|dp]
+       scripts/study_table.py DIR/summary.csv --paired NET_A NET_B
+
 
 One row per configuration: its group columns (swept parameters, net, tp, dp), the completed runs,
 the final eval loss (mean and 95 % t interval over seeds), the gap to the exact twin (mean and
 interval, in nats), the gap relative to the exact configuration's mean eval loss and as a
 perplexity ratio (exp(gap) - 1), the observed loss rate, and with --bytes the bytes per iteration
 of that group relative to the exact configuration with the same other parameters.
+
+--paired: from the per-run summary.csv, the difference of the eval-loss gaps of two nets, seed by
+seed (the same data order and initialisation), with its mean and 95 % t interval.
 """
 import argparse
 import csv
@@ -27,11 +32,40 @@ def fmt(x, digits=3):
     return "" if x is None else f"{x:.{digits}f}"
 
 
+def t975(df):
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+             10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+    return table.get(df) or table[min(table, key=lambda k: abs(k - df))]
+
+
+def paired(path, net_a, net_b):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    gaps = {}
+    for r in rows:
+        g = num(r.get("eval_loss_gap"))
+        if g is not None and r.get("status") == "completed":
+            gaps.setdefault(r["net"], {})[r["seed"]] = g
+    for n in (net_a, net_b):
+        if n not in gaps:
+            sys.exit(f"{path}: no completed run with net {n!r} (nets: {', '.join(sorted(gaps))})")
+    d = [gaps[net_a][s] - gaps[net_b][s] for s in sorted(gaps[net_a]) if s in gaps[net_b]]
+    if len(d) < 2:
+        sys.exit(f"{path}: fewer than 2 seeds in common")
+    m = sum(d) / len(d)
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1))
+    h = t975(len(d) - 1) * sd / math.sqrt(len(d))
+    print(f"{net_a} - {net_b}: {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] nats over {len(d)} seeds")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv")
     ap.add_argument("--bytes", choices=["tp", "dp"], help="add the bytes per iteration relative to exact")
+    ap.add_argument("--paired", nargs=2, metavar="NET", help="summary.csv: gap of NET_A minus NET_B by seed")
     a = ap.parse_args()
+    if a.paired:
+        return paired(a.csv, *a.paired)
     with open(a.csv, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
