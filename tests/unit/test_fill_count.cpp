@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/comm_ranks.h"
 #include "netmodels/netmodel.h"
 #include "sim/comm.h"
 #include "sim/local_backend.h"
@@ -28,10 +29,7 @@ constexpr double kMu = 1.0;
 // Each rank's contribution: uniform in [0, 2 mu), its own stream. Returns what rank 0 holds after
 // an all-reduce (or, reduce_scatter, rank 0's block) under `spec`.
 std::vector<float> reduce(const std::string& spec, bool scatter, std::vector<double>* exact = nullptr) {
-  auto net = std::make_shared<const net::NetSpec>(net::parse_net_spec(spec));
-  LocalWorld world(kRanks);
   std::vector<std::vector<float>> out(kRanks);
-  std::vector<std::thread> threads;
   std::vector<std::vector<float>> in(kRanks, std::vector<float>(kN));
   for (int r = 0; r < kRanks; ++r) {
     std::mt19937 g(100 + r);
@@ -43,20 +41,16 @@ std::vector<float> reduce(const std::string& spec, bool scatter, std::vector<dou
     for (int r = 0; r < kRanks; ++r)
       for (size_t i = 0; i < kN; ++i) (*exact)[i] += in[r][i];
   }
-  for (int r = 0; r < kRanks; ++r)
-    threads.emplace_back([&, r] {
-      Comm comm(world.group("tp", {0, 1, 2, 3}, r), "tp", nullptr);
-      comm.set_network(net, 11);
-      comm.begin_step(0);
-      if (scatter) {
-        out[r].resize(kN / kRanks);
-        comm.reduce_scatter(in[r].data(), out[r].data(), kN / kRanks, "layer0.mlp.fc2.fwd");
-      } else {
-        out[r] = in[r];
-        comm.all_reduce(out[r].data(), kN, "layer0.mlp.fc2.fwd");
-      }
-    });
-  for (auto& t : threads) t.join();
+  lossytp::testing::on_ranks(kRanks, spec, [&](Comm& comm, int r) {
+    comm.begin_step(0);
+    if (scatter) {
+      out[r].resize(kN / kRanks);
+      comm.reduce_scatter(in[r].data(), out[r].data(), kN / kRanks, "layer0.mlp.fc2.fwd");
+    } else {
+      out[r] = in[r];
+      comm.all_reduce(out[r].data(), kN, "layer0.mlp.fc2.fwd");
+    }
+  });
   return out[0];
 }
 

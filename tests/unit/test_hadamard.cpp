@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/comm_ranks.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 #include "netmodels/netmodel.h"
@@ -20,6 +21,8 @@
 #include "sim/ring_collectives.h"
 
 using namespace lossytp;
+
+using lossytp::testing::on_ranks;
 
 namespace {
 
@@ -201,37 +204,13 @@ TEST_CASE("hadamard: encode=none|hadamard and block=N in the spec", "[hadamard]"
 
 namespace {
 
-// Runs body(comm, rank) on p ranks of group "tp" (network `spec`, "" = none; seed 11).
-template <typename F>
-void on_ranks(int p, const std::string& spec, F body) {
-  std::shared_ptr<const net::NetSpec> net;
-  if (!spec.empty()) net = std::make_shared<const net::NetSpec>(net::parse_net_spec(spec));
-  LocalWorld world(p);
-  std::vector<int> members(p);
-  for (int r = 0; r < p; ++r) members[r] = r;
-  std::vector<std::string> errors(p);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < p; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        Comm comm(world.group("tp", members, r), "tp", nullptr);
-        if (net) comm.set_network(net, 11);
-        comm.begin_step(2);
-        body(comm, r);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (const auto& e : errors) REQUIRE(e.empty());
-}
-
 // Every rank's all-reduce result of per-rank gaussian inputs under `spec`.
 std::vector<std::vector<float>> all_reduce_results(int p, size_t n, const std::string& spec,
                                                    int64_t* lost = nullptr) {
   std::vector<std::vector<float>> out(p);
   std::vector<int64_t> lost_r(p, 0);
   on_ranks(p, spec, [&](Comm& comm, int r) {
+    comm.begin_step(2);
     std::vector<float> x = gaussian(n, 100 + r);
     comm.all_reduce(x.data(), n, "layer0.mlp.fwd");
     out[r] = x;
@@ -305,6 +284,7 @@ TEST_CASE("hadamard: point-to-point messages are encoded by send and decoded by 
     const bool lossy = spec.find("0.1") != std::string::npos;
     std::vector<float> got(n), summed(n);
     on_ranks(2, spec, [&](Comm& comm, int r) {
+      comm.begin_step(2);
       if (r == 0) {
         comm.send(x.data(), n, 1, 3, "pp.fwd");
         comm.wait_sends();
